@@ -1,0 +1,83 @@
+"""Checkpoints that load safely and refuse to load into the wrong network.
+
+A checkpoint is a plain dict of tensors and JSON-like values so it loads with
+``torch.load(..., weights_only=True)`` (no pickled code runs). It carries the full config, the
+package version and a format number; loading it for a config whose network or classes differ
+is a one-line :class:`ModelMismatchError` rather than a wall of ``size mismatch`` messages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunepp_deploy import __version__
+from tunepp_deploy.config.load import config_from_dict, config_to_dict
+from tunepp_deploy.config.schema import TuneppConfig
+from tunepp_deploy.data.nifti import write_atomic
+from tunepp_deploy.errors import ModelMismatchError, TuneppError
+
+CHECKPOINT_FORMAT = 1
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: TuneppConfig, **extra: Any) -> Path:
+    """Write ``model``'s weights, ``cfg`` and ``extra`` (epoch, optimizer state, ...) atomically."""
+    p = Path(path)
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": __version__,
+        "config": config_to_dict(cfg),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    write_atomic(p, lambda t: torch.save(state, t))
+    return p
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict with ``weights_only=True``; unreadable or foreign files raise one line."""
+    p = Path(path)
+    if not p.is_file():
+        raise TuneppError(f"{p}: checkpoint not found")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt/foreign files
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelMismatchError(f"{p}: not a tunepp checkpoint ({msg[:160]})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
+        raise ModelMismatchError(f"{p}: not a tunepp checkpoint (missing state_dict/config)")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ModelMismatchError(
+            f"{p}: checkpoint format {ckpt.get('format')} from tunepp {ckpt.get('version')}, "
+            f"this is tunepp {__version__} (format {CHECKPOINT_FORMAT})"
+        )
+    return ckpt
+
+
+def checkpoint_config(ckpt: dict[str, Any], source: str = "checkpoint") -> TuneppConfig:
+    """The config stored in a checkpoint, validated."""
+    return config_from_dict(ckpt["config"], source)
+
+
+def check_compatible(ckpt_cfg: TuneppConfig, cfg: TuneppConfig, source: str) -> None:
+    """Refuse a checkpoint whose network shape or class list differs from ``cfg``'s."""
+    if ckpt_cfg.model != cfg.model:
+        diff = [k for k in cfg.model.model_fields if getattr(cfg.model, k) != getattr(ckpt_cfg.model, k)]
+        raise ModelMismatchError(
+            f"{source}: checkpoint was trained with config '{ckpt_cfg.name}' whose model differs in {', '.join(diff)}"
+        )
+    if list(ckpt_cfg.data.classes) != list(cfg.data.classes):
+        raise ModelMismatchError(
+            f"{source}: checkpoint classes {ckpt_cfg.data.classes} differ from config classes {cfg.data.classes}"
+        )
+
+
+def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], source: str) -> None:
+    """Load the state dict strictly, turning key/shape mismatches into one line."""
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ModelMismatchError(f"{source}: weights do not fit this network ({first[:160]})") from None
