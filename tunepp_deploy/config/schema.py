@@ -108,6 +108,8 @@ class ModelConfig(_Strict):
     proj_tokens: int = Field(64, ge=1)
     deep_supervision: bool = True
     dropout: DropoutConfig = DropoutConfig()
+    topo_lambda: float = Field(1.0, ge=0.0)
+    full_res_channels: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _lengths(self) -> ModelConfig:
@@ -131,6 +133,7 @@ class LossConfig(_Strict):
     w_j: float = Field(2.0, ge=0.0)
     w_a: float = Field(3.0, ge=0.0)
     topo_sigma: float = Field(2.0, gt=0.0)
+    unc_samples: int = Field(8, ge=1)
 
 
 class TrainConfig(_Strict):
