@@ -58,6 +58,8 @@ def load_volume(path: str | Path, *, dtype: type = np.float32, allow_nonfinite: 
         img = nib.load(str(p))
         if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
             raise DataError(f"{p}: not a NIfTI image ({type(img).__name__})")
+        if 0 in img.shape:
+            raise DataError(f"{p}: image has a zero-size axis {tuple(img.shape)}")
         data = np.asanyarray(img.dataobj)
     except DataError:
         raise

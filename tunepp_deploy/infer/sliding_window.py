@@ -46,7 +46,9 @@ def _gaussian_np(window: tuple[int, ...], sigma_scale: float) -> np.ndarray:
     return np.maximum(g, 1e-3).astype(np.float32)  # never zero: border voxels still get a weight
 
 
-def gaussian_importance(window: Sequence[int], sigma_scale: float = 0.125, device: str | torch.device = "cpu") -> torch.Tensor:
+def gaussian_importance(
+    window: Sequence[int], sigma_scale: float = 0.125, device: str | torch.device = "cpu"
+) -> torch.Tensor:
     """Gaussian importance map of ``window`` shape, peak 1, floor 1e-3."""
     return torch.from_numpy(_gaussian_np(tuple(window), sigma_scale)).to(device)
 
