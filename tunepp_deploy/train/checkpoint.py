@@ -64,7 +64,7 @@ def checkpoint_config(ckpt: dict[str, Any], source: str = "checkpoint") -> Tunep
 def check_compatible(ckpt_cfg: TuneppConfig, cfg: TuneppConfig, source: str) -> None:
     """Refuse a checkpoint whose network shape or class list differs from ``cfg``'s."""
     if ckpt_cfg.model != cfg.model:
-        diff = [k for k in cfg.model.model_fields if getattr(cfg.model, k) != getattr(ckpt_cfg.model, k)]
+        diff = [k for k in type(cfg.model).model_fields if getattr(cfg.model, k) != getattr(ckpt_cfg.model, k)]
         raise ModelMismatchError(
             f"{source}: checkpoint was trained with config '{ckpt_cfg.name}' whose model differs in {', '.join(diff)}"
         )

@@ -22,5 +22,7 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     return max(0.01, (1.0 - progress) ** 0.9)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup: int, kind: str) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total: int, warmup: int, kind: str
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, kind))
