@@ -27,11 +27,10 @@ from .validate import as_labels, is_cuda_array
 
 
 def _betti3(mod: Any, mask3: Any, ndim: int) -> tuple[int, ...]:
+    b0 = mod.count3(mask3, 26)
     if ndim == 2:
-        _, b0 = mod.label3(mask3, 26)
         b1 = mod.cavities3(mask3, 6, True)
         return (int(b0), int(b1))
-    _, b0 = mod.label3(mask3, 26)
     b2 = mod.cavities3(mask3, 6, False)
     chi = mod.euler3(mask3, 26)
     return (int(b0), int(b0) + int(b2) - int(chi), int(b2))

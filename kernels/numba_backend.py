@@ -9,7 +9,7 @@ from .ccl_numba import label3
 from .edt_numba import edt3 as _edt3
 from .euler_numba import euler3
 
-__all__ = ["cavities3", "edt3", "euler3", "label3"]
+__all__ = ["cavities3", "count3", "edt3", "euler3", "label3", "signed3"]
 
 
 def edt3(mask3: np.ndarray, spacing3: tuple[float, float, float]) -> np.ndarray:
@@ -23,3 +23,7 @@ def cavities3(mask3: np.ndarray, connectivity: int, planar: bool) -> int:
 
 def signed3(mask3: np.ndarray, spacing3: tuple[float, float, float]) -> np.ndarray:
     return signed_from_edts(edt3(mask3, spacing3), edt3(1 - mask3, spacing3), mask3)
+
+
+def count3(mask3: np.ndarray, connectivity: int) -> int:
+    return label3(mask3, connectivity)[1]

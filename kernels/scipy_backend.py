@@ -53,3 +53,7 @@ def signed3(mask3: np.ndarray, spacing3: tuple[float, float, float]) -> np.ndarr
     from .backends import signed_from_edts
 
     return signed_from_edts(edt3(mask3, spacing3), edt3((mask3 == 0).astype(np.uint8), spacing3), mask3)
+
+
+def count3(mask3: np.ndarray, connectivity: int) -> int:
+    return label3(mask3, connectivity)[1]
