@@ -2,12 +2,12 @@
 
 A :class:`CriticalPointDetector` scores every voxel with ``m in (0, 1)`` — how likely the voxel sits
 where topology is decided (boundaries, thin bridges, skeleton/medial lines, junctions). The branch
-then attends with
+then attends, per head, with the bias on the **keys**
 
-    A = softmax(Q K_p^T / sqrt(d) + lambda_t[h] * 1 m_p^T)
+    A = softmax(Q K^T / sqrt(d) + lambda_t * 1 m^T)
 
-where ``m_p`` is m pooled onto the same cells as the keys ``K_p``. The bias is added **per key**
-(a column bias): every query attends more to critical regions, and the output changes with m.
+(a column bias: every query attends more to critical tokens), evaluated on pooled cells with
+critical-weighted pooling so that it stays linear in N (:class:`TopologyAttention`).
 
 Fixes the audit's central flaw: the public code added ``lambda_t * m 1^T`` — a *row* bias, constant
 along each softmax row, which cancels exactly (softmax(z + c) = softmax(z)); its lambda_t could move
@@ -36,7 +36,7 @@ def _laplacian_kernel() -> Tensor:
 
 
 class CriticalPointDetector(nn.Module):
-    """Per-voxel critical-point score ``m = sigmoid(MLP([|L * x|, gelu(S * x)]))`` in (0, 1).
+    """Per-voxel critical-point score ``m = sigmoid(norm(MLP([|L * x|, gelu(S * x)])))`` in (0, 1).
 
     Two depth-wise 3x3x3 convolutions look at every channel separately:
 
@@ -62,29 +62,59 @@ class CriticalPointDetector(nn.Module):
             nn.GELU(),
             nn.Conv3d(hidden, 1, 1),
         )
+        # Standardise the raw score over the window (per sample), then a learnable gain/offset:
+        # only *relative* criticality matters to an attention bias, and this keeps m spread over
+        # (0, 1) from the first step instead of collapsing near sigmoid(bias).
+        self.score_norm = nn.GroupNorm(1, 1)
+        with torch.no_grad():
+            self.score_norm.weight.fill_(2.0)
         self.act = nn.GELU()
 
     def forward(self, x: Tensor) -> Tensor:
         """``x [B, C, D, H, W] -> m [B, 1, D, H, W]``."""
         xn = self.norm(x)
         feats = torch.cat([self.laplace(xn).abs(), self.act(self.free(xn))], dim=1)
-        return torch.sigmoid(self.mlp(feats))
+        return torch.sigmoid(self.score_norm(self.mlp(feats)))
 
 
 class TopologyAttention(nn.Module):
-    """Pooled attention with the per-key critical-point bias ``lambda_t[h] * m_p`` (module docstring).
+    """Key-biased attention with critical-point-weighted pooling of keys and values.
+
+    Over all N keys the branch would compute ``softmax_n(q.k_n / sqrt(d) + lambda m_n) v_n``. With
+    per-voxel weights ``w_n = exp(lambda m_n - |lambda|)`` (<= 1, so no fp16 overflow; the constant
+    cancels in the softmax) and the same cells as the spatial branch, each cell p contributes
+
+        K_p = sum_{n in p} w_n k_n / sum_{n in p} w_n,     V_p likewise,
+        bias_p = log sum_{n in p} w_n                       (= log-sum-exp pooling of lambda m),
+
+    and the branch returns ``softmax_p(q.K_p / sqrt(d) + bias_p) V_p``. This equals the full-resolution
+    key-biased attention exactly when keys are constant within a cell (and always when the map is
+    not pooled, N <= P), and is its first-order approximation otherwise. The critical score thus
+    shapes both *which cells* are attended (the bias, a soft maximum of m over the cell) and *what*
+    a cell contributes (its critical voxels dominate K_p, V_p), at O(N * P * d) cost.
 
     ``lambda_t`` is one learnable strength per head, initialised from ``model.topo_lambda``.
     """
 
     def __init__(self, heads: int, init_lambda: float) -> None:
         super().__init__()
-        self.lambda_t = nn.Parameter(torch.full((1, heads, 1, 1), float(init_lambda)))
+        self.heads = heads
+        self.lambda_t = nn.Parameter(torch.full((heads,), float(init_lambda)))
 
-    def forward(self, q: Tensor, kp: Tensor, vp: Tensor, m: Tensor, grid: Int3) -> Tensor:
-        """q ``[B,h,N,d]``, kp/vp ``[B,h,P,d]``, m ``[B,1,D,H,W]`` -> ``[B,h,N,d]``."""
-        m_p = pool_cells(m, grid).unsqueeze(2)  # [B, 1, 1, P]: one value per key
-        return pooled_attention(q, kp, vp, key_bias=self.lambda_t * m_p)
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, m: Tensor, grid: Int3) -> Tensor:
+        """q ``[B,h,N,d]``; k, v ``[B,C,D,H,W]`` (unpooled); m ``[B,1,D,H,W]`` -> ``[B,h,N,d]``."""
+        b, c = k.shape[0], k.shape[1]
+        h = self.heads
+        spatial = k.shape[2:]
+        lam = self.lambda_t.view(1, h, 1, 1, 1)
+        w = torch.exp(lam * m - lam.abs())  # [B, h, D, H, W]
+        wk = (k.reshape(b, h, c // h, *spatial) * w.unsqueeze(2)).reshape(b, c, *spatial)
+        wv = (v.reshape(b, h, c // h, *spatial) * w.unsqueeze(2)).reshape(b, c, *spatial)
+        w_p = pool_cells(w, grid)  # [B, h, P] (cell means)
+        pooled = pool_cells(torch.cat([wk, wv], dim=1), grid)  # [B, 2C, P]
+        kp, vp = (t.reshape(b, h, c // h, -1) / w_p.unsqueeze(2) for t in pooled.chunk(2, dim=1))
+        bias = torch.log(w_p).unsqueeze(2)  # [B, h, 1, P]; log mean = log sum - log |cell|
+        return pooled_attention(q, kp.transpose(-1, -2), vp.transpose(-1, -2), key_bias=bias)
 
 
 __all__ = ["CriticalPointDetector", "TopologyAttention"]

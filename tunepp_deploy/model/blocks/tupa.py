@@ -7,8 +7,9 @@ Three parallel branches read the same LayerNorm'ed tokens through one bias-free 
    (:mod:`.attention_spatial`; linear in N, size-agnostic);
 2. channel: ``softmax(tau_h Qn^T Kn) V_c^T`` with Q, K L2-normalised along tokens
    (:mod:`.attention_channel`);
-3. topology: ``softmax(Q K_p^T / sqrt(d) + lambda_t 1 m_p^T) V_t,p`` with m from a critical-point
-   detector, biasing the *keys* (:mod:`.topology_branch`).
+3. topology: ``softmax(Q K~_p^T / sqrt(d) + lambda_t 1 m~_p^T) V~_t,p``: m from a critical-point
+   detector biases the *keys*; K~, V~ are pooled with weights exp(lambda_t m) and m~_p is the
+   log-sum-exp of lambda_t m over the cell (:mod:`.topology_branch`).
 
 Uncertainty-guided fusion, per voxel:
 
@@ -116,15 +117,15 @@ class TUPABlock(nn.Module):
         h = self.heads
         tn = self.norm(to_tokens(x))
         q, k, v_s, v_c, v_t = self.qkv(tn).chunk(5, dim=-1)
-        # Pool K, V_s, V_t in one call: [B, 3C, P] -> three [B, P, C].
-        pooled = pool_cells(from_tokens(torch.cat([k, v_s, v_t], dim=-1), shape), grid).transpose(1, 2)
-        kp, vsp, vtp = pooled.chunk(3, dim=-1)
-        qh, kph = split_heads(q, h), split_heads(kp, h)
+        # Pool K and V_s in one call: [B, 2C, P] -> two [B, P, C].
+        pooled = pool_cells(from_tokens(torch.cat([k, v_s], dim=-1), shape), grid).transpose(1, 2)
+        kp, vsp = pooled.chunk(2, dim=-1)
+        qh = split_heads(q, h)
         m = self.detector(x)
 
-        spatial = merge_heads(self.spatial(qh, kph, split_heads(vsp, h)))
+        spatial = merge_heads(self.spatial(qh, split_heads(kp, h), split_heads(vsp, h)))
         channel = merge_heads(self.channel(qh, split_heads(k, h), split_heads(v_c, h)))
-        topo = merge_heads(self.topology(qh, kph, split_heads(vtp, h), m, grid))
+        topo = merge_heads(self.topology(qh, from_tokens(k, shape), from_tokens(v_t, shape), m, grid))
 
         data = torch.cat([self.proj_spatial(spatial), self.proj_channel(channel)], dim=-1)
         sigma, w_t = self.gate(tn)
