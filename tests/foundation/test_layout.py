@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from tunepp_deploy.config import load_config
 from tunepp_deploy.data.dataset import CropDataset, load_case, split_cases
@@ -90,14 +91,21 @@ def test_split_and_crops(tmp_path: Path) -> None:
     assert len(va) == 1 and len(tr) == 4 and not {c.name for c in tr} & {c.name for c in va}
     assert split_cases(cases, 0.2, seed=0) == (tr, va)
     ds = CropDataset([load_case(c, cfg.data) for c in tr], cfg.data, length=8, seed=3)
-    x, y = ds[0]
+    x, y, s = ds[0]
+    assert s.numel() == 0  # no structure map was attached
     assert x.shape == (1, *cfg.data.crop_size) and y.shape == cfg.data.crop_size
-    x2, y2 = ds[0]
+    x2, y2, _ = ds[0]
     assert (x == x2).all() and (y == y2).all()  # seeded per (epoch, index)
     ds.set_epoch(1)
     assert not (ds[0][0] == x).all()
     fg = sum(float((ds[i][1] > 0).float().mean()) for i in range(8)) / 8
     assert fg > 0.02  # foreground oversampling keeps organs in the crops
+    # a structure map is cropped, flipped and rotated exactly like the labels
+    for c in ds.cases:
+        c.structure = c.label.astype(np.float32) * 10
+    for i in range(8):
+        _, y, s = ds[i]
+        assert torch.equal(s, y.float() * 10)
 
 
 def test_list_images_and_names(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ class LoadedCase:
     name: str
     image: np.ndarray  # float32 (D, H, W), normalised
     label: np.ndarray  # uint8 (D, H, W)
+    structure: np.ndarray | None = None  # float32 (D, H, W): label-only topology-loss weights, cropped like the label
 
 
 def load_case(case: CasePaths, cfg: DataConfig) -> LoadedCase:
@@ -98,13 +99,15 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image [1, *crop], labels [*crop] int64, structure weights [*crop] or an empty tensor)."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
         k = int(rng.integers(len(self.cases)))
         case, fg = self.cases[k], self._fg[k]
         crop = self.cfg.crop_size
         image = _pad_to(case.image, crop, float(case.image.min()))
         label = _pad_to(case.label, crop, 0)
+        struct = None if case.structure is None else _pad_to(case.structure, crop, 1.0)
         if fg.size and rng.random() < self.cfg.foreground_oversample:
             centre = fg[int(rng.integers(len(fg)))]
             start = [int(np.clip(c - s // 2 + rng.integers(-s // 4, s // 4 + 1), 0, n - s))
@@ -112,15 +115,18 @@ class CropDataset(Dataset):
         else:
             start = [int(rng.integers(0, n - s + 1)) for s, n in zip(crop, image.shape, strict=True)]
         sl = tuple(slice(a, a + s) for a, s in zip(start, crop, strict=True))
-        x, y = image[sl].copy(), label[sl].copy()
+        x, y = image[sl], label[sl]
+        s = None if struct is None else struct[sl]
         aug = self.cfg.augment
         if aug.flip:
             for ax in range(3):
                 if rng.random() < 0.5:
                     x, y = np.flip(x, ax), np.flip(y, ax)
+                    s = None if s is None else np.flip(s, ax)
         if aug.rot90 and crop[0] == crop[1]:
             k90 = int(rng.integers(4))
             x, y = np.rot90(x, k90, (0, 1)), np.rot90(y, k90, (0, 1))
+            s = None if s is None else np.rot90(s, k90, (0, 1))
         if aug.intensity_scale or aug.intensity_shift:
             x = x * (1.0 + rng.uniform(-aug.intensity_scale, aug.intensity_scale)) + rng.uniform(
                 -aug.intensity_shift, aug.intensity_shift
@@ -128,4 +134,5 @@ class CropDataset(Dataset):
         return (
             torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None],
             torch.from_numpy(np.ascontiguousarray(y).astype(np.int64)),
+            torch.empty(0) if s is None else torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32)),
         )
