@@ -1,0 +1,1 @@
+"""Benchmarks: topology kernels against reference libraries, measured in one run."""
