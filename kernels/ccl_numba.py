@@ -16,7 +16,8 @@ Invariants that make the second pass trivial:
 
 26-connectivity shortcut: if the left neighbour ``(z, y, x-1)`` is foreground, every backward
 neighbour with ``dx in {-1, 0}`` is also a neighbour of that left voxel and was merged with it when
-it was visited, so only the four ``dx = +1`` backward neighbours still need a union.
+it was visited, so only the four ``dx = +1`` backward neighbours still need a union. For
+6-connectivity the left voxel's root is likewise inherited and only "up" and "back" remain.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ _BACK26 = np.array(
     np.int64,
 )
 _RIGHT26 = np.array([(0, -1, 1), (-1, -1, 1), (-1, 0, 1), (-1, 1, 1)], np.int64)
+# 6-connectivity: with the left neighbour set, the up and back neighbours still need a union.
+_RIGHT6 = np.array([(0, -1, 0), (-1, 0, 0)], np.int64)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -49,6 +52,8 @@ def _find(parent: np.ndarray, i: int) -> int:
 
 @njit(cache=True, nogil=True, inline="always")
 def _union(parent: np.ndarray, a: int, b: int) -> None:
+    if parent[a] == parent[b]:  # common case: already in the same tree one step up
+        return
     ra = _find(parent, a)
     rb = _find(parent, b)
     if ra < rb:
@@ -115,7 +120,7 @@ def _tables(connectivity: int) -> tuple[np.ndarray, np.ndarray, bool]:
         return _BACK26, _RIGHT26, True
     if connectivity == 18:
         return _BACK18, _RIGHT26[:0], False
-    return _BACK6, _RIGHT26[:0], False
+    return _BACK6, _RIGHT6, True
 
 
 def label3(mask3: np.ndarray, connectivity: int, invert: bool = False) -> tuple[np.ndarray, int]:
