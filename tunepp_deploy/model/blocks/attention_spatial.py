@@ -10,9 +10,9 @@ public TUNE++ code even applied that projection on the wrong axis and crashed un
 
 Here keys and values are **average-pooled onto a grid of at most P cells** chosen from the actual
 feature-map size (:func:`pool_grid`). The cost is O(N * P * C), there are no size-tied weights, and
-the pooling is an ``AvgPool`` with kernel = stride computed from static shapes, which exports to
-ONNX (opset 17+) and TensorRT with a dynamic batch axis. (Adaptive pooling with non-divisible sizes
-does not export; the grid is always chosen to divide the feature map exactly.)
+the pooling is a reshape + mean over cells whose sizes come from static shapes, which exports to
+ONNX (opset 17+, both exporters) and TensorRT with a dynamic batch axis. (Adaptive pooling with
+non-divisible sizes does not export; the grid is always chosen to divide the feature map exactly.)
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import itertools
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tunepp_deploy.model.blocks.conv import Int3
@@ -54,12 +53,16 @@ def pool_grid(shape: Int3, max_tokens: int) -> Int3:
 
 
 def pool_cells(x: Tensor, grid: Int3) -> Tensor:
-    """Average ``x`` ``[B, C, D, H, W]`` over the cells of ``grid``; returns ``[B, C, P]``."""
-    shape = tuple(x.shape[2:])
-    cell = tuple(s // g for s, g in zip(shape, grid, strict=True))
-    if cell != (1, 1, 1):
-        x = F.avg_pool3d(x, kernel_size=cell, stride=cell)
-    return x.flatten(2)
+    """Average ``x`` ``[B, C, D, H, W]`` over the cells of ``grid``; returns ``[B, C, P]``.
+
+    Written as reshape + mean rather than ``avg_pool3d``: the TorchScript ONNX exporter records the
+    spatial sizes as ``aten::size`` values and refuses a pooling kernel derived from them, whereas a
+    ``Reshape`` + ``ReduceMean`` exports with either exporter and runs in TensorRT.
+    """
+    b, c, d, h, w = x.shape
+    gd, gh, gw = grid
+    cells = x.reshape(b, c, gd, d // gd, gh, h // gh, gw, w // gw)
+    return cells.mean(dim=(3, 5, 7)).reshape(b, c, gd * gh * gw)
 
 
 def split_heads(t: Tensor, heads: int) -> Tensor:
