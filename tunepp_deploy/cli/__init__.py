@@ -1,0 +1,1 @@
+"""Command-line interface (typer). Commands stay thin; logic lives in the library."""

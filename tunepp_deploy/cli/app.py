@@ -1,0 +1,41 @@
+"""The ``tunepp`` command. Each command is a thin function in its own ``*_cmd`` module; the
+logic lives in the library so everything the CLI does can be called from Python too."""
+
+from __future__ import annotations
+
+import typer
+
+from tunepp_deploy import __version__
+from tunepp_deploy.cli import data_cmd
+from tunepp_deploy.cli.model_cmd import model_info
+from tunepp_deploy.cli.topo_cmd import topo
+from tunepp_deploy.cli.train_cmd import train
+
+app = typer.Typer(
+    name="tunepp",
+    help="TUNE++ topology-aware uncertainty segmentation: data, training, export, MC inference, topology.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(data_cmd.app, name="data")
+app.command("train")(train)
+app.command("model-info")(model_info)
+app.command("topo")(topo)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tunepp-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """TUNE++ deployment toolkit."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
