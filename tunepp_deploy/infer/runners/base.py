@@ -1,0 +1,76 @@
+"""The runner interface shared by every backend, in the spirit of Polygraphy's runners.
+
+A runner evaluates the exported graph contract (:mod:`tunepp_deploy.export.onnx_export`)::
+
+    runner(x [B, in, *window], masks [R = S' * B rows, sample-major]) -> (logits [R, K, *window],
+                                                                          log_var [R, 1, *window])
+
+whatever executes it, so the MC engine, the parity tests and the benchmark treat PyTorch, ONNX
+Runtime and TensorRT alike. Inputs and outputs are torch tensors on :attr:`Runner.device`: the MC
+engine stitches windows there, and GPU backends bind ``tensor.data_ptr()`` directly (no pycuda, no
+host round trip).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from types import TracebackType
+
+import torch
+
+from tunepp_deploy.errors import TuneppError
+from tunepp_deploy.export.metadata import ModelMeta
+
+
+class Runner(ABC):
+    """One loaded model on one backend. Use as a context manager or call :meth:`close`."""
+
+    #: Backend name as the CLI spells it (``torch``, ``ort``, ``trt``).
+    name: str = "?"
+
+    def __init__(self, meta: ModelMeta, device: torch.device) -> None:
+        self.meta = meta
+        self.device = device
+
+    @property
+    def max_rows(self) -> int | None:
+        """Most rows one call accepts (a TensorRT profile's maximum), or None for no limit."""
+        return None
+
+    def describe(self) -> str:
+        """One line for reports: backend, device and precision."""
+        return f"{self.name} on {self.device}"
+
+    def check_inputs(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> None:
+        """Shape checks that every backend shares (a clear error instead of a backend's own)."""
+        win = tuple(self.meta.window)
+        if x.dim() != 5 or tuple(x.shape[2:]) != win or x.shape[1] != self.meta.in_channels:
+            raise TuneppError(f"runner input must be [B, {self.meta.in_channels}, *{win}], got {tuple(x.shape)}")
+        if len(masks) != len(self.meta.sites):
+            raise TuneppError(f"runner needs {len(self.meta.sites)} masks, got {len(masks)}")
+        rows = {int(m.shape[0]) for m in masks}
+        if len(rows) > 1 or (rows and next(iter(rows)) % x.shape[0]):
+            raise TuneppError(f"mask rows {sorted(rows)} must be equal and a multiple of the {x.shape[0]} windows")
+
+    @abstractmethod
+    def infer(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the graph; returns ``(logits, log_var)`` (float32 or float16) on :attr:`device`."""
+
+    def __call__(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_inputs(x, masks)
+        return self.infer(x, masks)
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most runners hold nothing to release
+        """Release sessions/engines (default: nothing to release)."""
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+__all__ = ["Runner"]

@@ -1,0 +1,130 @@
+"""Open a model file on a backend: ``--model CKPT|ONNX|ENGINE`` x ``--backend auto|torch|ort|trt``.
+
+``auto`` follows the file: an engine runs on TensorRT, an ONNX file on ONNX Runtime (the default on
+a machine without a GPU; CUDA provider when onnxruntime-gpu and a GPU are there), a checkpoint on
+PyTorch (CUDA + AMP when available). A checkpoint can also run on ``ort``: it is exported in memory
+first (the same graph ``tunepp export onnx`` writes). Every foreign or mismatched file is a one-line
+:class:`ModelMismatchError`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import torch
+
+from tunepp_deploy.errors import ModelMismatchError, TuneppError
+from tunepp_deploy.export.metadata import ModelMeta, meta_for
+from tunepp_deploy.infer.runners.base import Runner
+
+BACKENDS = ("auto", "torch", "ort", "trt")
+ONNX_SUFFIXES = (".onnx",)
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def model_kind(path: Path) -> str:
+    """``checkpoint``, ``onnx`` or ``engine`` from the file name."""
+    name = path.name.lower()
+    if name.endswith(ONNX_SUFFIXES):
+        return "onnx"
+    if name.endswith(ENGINE_SUFFIXES):
+        return "engine"
+    return "checkpoint"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when torch sees one; an unavailable CUDA request is a one-line error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise TuneppError(f"unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TuneppError(f"--device {device} requested but torch sees no CUDA device")
+    if dev.type not in ("cpu", "cuda"):
+        raise TuneppError(f"unsupported device '{device}' (use auto, cpu, cuda or cuda:N)")
+    return dev
+
+
+def read_onnx_meta(path: Path) -> tuple[onnx.ModelProto, ModelMeta]:
+    """Load an ONNX file and its tunepp metadata (refusing plain ONNX graphs)."""
+    if not path.is_file():
+        raise TuneppError(f"{path}: model file not found")
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # protobuf DecodeError and friends
+        raise ModelMismatchError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    return model, ModelMeta.from_props(props, str(path))
+
+
+def read_model_meta(path: str | Path) -> ModelMeta:
+    """The :class:`ModelMeta` of any supported model file (no backend needed)."""
+    p = Path(path)
+    kind = model_kind(p)
+    if kind == "onnx":
+        return read_onnx_meta(p)[1]
+    if kind == "engine":
+        from tunepp_deploy.export.engine_sidecar import read_sidecar
+
+        return read_sidecar(p).meta
+    from tunepp_deploy.export.onnx_export import load_checkpoint_network
+
+    net, cfg = load_checkpoint_network(p)
+    return meta_for(net, cfg)
+
+
+def open_runner(
+    model: str | Path,
+    backend: str = "auto",
+    device: str = "auto",
+    amp: bool = True,
+    cuda_graphs: bool = False,
+    threads: int | None = None,
+) -> Runner:
+    """Load ``model`` on ``backend`` (module docstring). The caller closes the runner."""
+    path = Path(model)
+    if backend not in BACKENDS:
+        raise TuneppError(f"unknown backend '{backend}' (use {', '.join(BACKENDS)})")
+    if not path.is_file():
+        raise TuneppError(f"{path}: model file not found")
+    kind = model_kind(path)
+    if backend == "auto":
+        backend = {"engine": "trt", "onnx": "ort", "checkpoint": "torch"}[kind]
+    dev = resolve_device(device)
+
+    if backend == "trt":
+        if kind != "engine":
+            raise TuneppError(f"{path}: the trt backend runs engines; build one with `tunepp export trt --onnx ...`")
+        from tunepp_deploy.infer.runners.trt_runner import TrtRunner
+
+        return TrtRunner(path, dev if dev.type == "cuda" else torch.device("cuda"))
+    if kind == "engine":
+        raise TuneppError(f"{path}: a TensorRT engine runs only on --backend trt")
+
+    if backend == "ort":
+        from tunepp_deploy.infer.runners.ort_runner import OrtRunner
+
+        if kind == "onnx":
+            _, meta = read_onnx_meta(path)
+            return OrtRunner(str(path), meta, dev, threads)
+        from tunepp_deploy.export.onnx_export import build_onnx, load_checkpoint_network
+
+        net, cfg = load_checkpoint_network(path)
+        meta = meta_for(net, cfg)
+        return OrtRunner(build_onnx(net, meta).SerializeToString(), meta, dev, threads)
+
+    if kind == "onnx":
+        raise TuneppError(f"{path}: the torch backend needs a checkpoint (.pt); run ONNX files with --backend ort")
+    from tunepp_deploy.export.onnx_export import load_checkpoint_network
+    from tunepp_deploy.infer.runners.torch_runner import TorchRunner
+
+    net, cfg = load_checkpoint_network(path)
+    if threads:
+        torch.set_num_threads(threads)
+    return TorchRunner(net, meta_for(net, cfg), dev, amp=amp, cuda_graphs=cuda_graphs)
+
+
+__all__ = ["BACKENDS", "model_kind", "open_runner", "read_model_meta", "read_onnx_meta", "resolve_device"]

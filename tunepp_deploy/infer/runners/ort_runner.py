@@ -1,0 +1,80 @@
+"""ONNX Runtime backend: the exported graph, CPU provider by default, CUDA provider when present.
+
+The session keeps ORT's default graph optimisations: they cannot remove the stochasticity because
+the graph has no ``Dropout`` node — masks are inputs (tested). On the CPU provider inputs and
+outputs are shared with torch without copies (``Tensor.numpy()`` / ``torch.from_numpy``); on the
+CUDA provider an IOBinding points ORT at the torch tensors' device memory (``data_ptr``), so the
+MC engine's stitching stays on the GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from tunepp_deploy.errors import TuneppError
+from tunepp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAMES, ModelMeta
+from tunepp_deploy.infer.runners.base import Runner
+
+
+def ort_providers() -> list[str]:
+    """Execution providers this onnxruntime build offers."""
+    return list(ort.get_available_providers())
+
+
+class OrtRunner(Runner):
+    """Runs an ONNX model (path or serialized bytes) on ONNX Runtime."""
+
+    name = "ort"
+
+    def __init__(self, model: str | bytes, meta: ModelMeta, device: torch.device, threads: int | None = None) -> None:
+        super().__init__(meta, device)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort_providers():
+                raise TuneppError("--device cuda with --backend ort needs onnxruntime-gpu (CUDAExecutionProvider)")
+            providers: list = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(model, opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception classes
+            raise TuneppError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0][:200]}") from None
+        self.mask_names = meta.mask_names
+
+    def describe(self) -> str:
+        return f"ort on {self.device} ({self.session.get_providers()[0]}, fp32)"
+
+    def infer(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.device.type == "cuda":
+            return self._infer_cuda(x, masks)
+        feed = {INPUT_NAME: x.detach().to("cpu", torch.float32).contiguous().numpy()}
+        feed.update({n: m.detach().to("cpu", torch.float32).contiguous().numpy()
+                     for n, m in zip(self.mask_names, masks, strict=True)})
+        logits, log_var = self.session.run(list(OUTPUT_NAMES), feed)
+        return torch.from_numpy(logits), torch.from_numpy(log_var)
+
+    def _infer_cuda(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        dev_id = self.device.index or 0
+        binding = self.session.io_binding()
+        inputs = [x.to(self.device, torch.float32).contiguous()]
+        inputs += [m.to(self.device, torch.float32).contiguous() for m in masks]
+        for name, t in zip([INPUT_NAME, *self.mask_names], inputs, strict=True):
+            binding.bind_input(name, "cuda", dev_id, np.float32, tuple(t.shape), t.data_ptr())
+        rows, k = int(inputs[-1].shape[0]) if masks else int(x.shape[0]), self.meta.num_classes
+        win = tuple(self.meta.window)
+        outs = [torch.empty((rows, k, *win), device=self.device), torch.empty((rows, 1, *win), device=self.device)]
+        for name, t in zip(OUTPUT_NAMES, outs, strict=True):
+            binding.bind_output(name, "cuda", dev_id, np.float32, tuple(t.shape), t.data_ptr())
+        torch.cuda.current_stream(self.device).synchronize()  # inputs written by torch must be ready
+        self.session.run_with_iobinding(binding)
+        return outs[0], outs[1]
+
+
+__all__ = ["OrtRunner", "ort_providers"]
