@@ -156,6 +156,9 @@ def train(
 ) -> TrainResult:
     """Train ``cfg``'s network on ``data_dir`` (default ``cfg.data.root``) into ``out_dir``."""
     console = console or Console()
+    # Softmax tails in the attention branches underflow into denormal floats once the network has
+    # trained a little; x86 CPUs handle those in microcode, measured here as a 6x slower step.
+    torch.set_flush_denormal(True)
     rank, local_rank, world = _distributed()
     is_main = rank == 0
     dev = resolve_device(device, local_rank)
