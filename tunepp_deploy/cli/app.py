@@ -6,7 +6,10 @@ from __future__ import annotations
 import typer
 
 from tunepp_deploy import __version__
-from tunepp_deploy.cli import data_cmd
+from tunepp_deploy.cli import data_cmd, export_cmd
+from tunepp_deploy.cli.demo_cmd import demo
+from tunepp_deploy.cli.doctor_cmd import doctor
+from tunepp_deploy.cli.infer_cmd import infer
 from tunepp_deploy.cli.model_cmd import model_info
 from tunepp_deploy.cli.topo_cmd import topo
 from tunepp_deploy.cli.train_cmd import train
@@ -21,6 +24,10 @@ app.add_typer(data_cmd.app, name="data")
 app.command("train")(train)
 app.command("model-info")(model_info)
 app.command("topo")(topo)
+app.add_typer(export_cmd.app, name="export")
+app.command("infer")(infer)
+app.command("demo")(demo)
+app.command("doctor")(doctor)
 
 
 def _version(value: bool) -> None:

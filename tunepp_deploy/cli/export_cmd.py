@@ -1,0 +1,51 @@
+"""``tunepp export onnx|trt``: thin wrappers over :mod:`tunepp_deploy.export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tunepp_deploy.cli.errors import user_errors
+
+app = typer.Typer(help="Export a checkpoint to ONNX, or an ONNX file to a TensorRT engine.", no_args_is_help=True)
+
+
+@app.command("onnx")
+@user_errors
+def onnx(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint written by `tunepp train`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write (model.onnx).")],
+    opset: Annotated[int, typer.Option(min=17, max=20, help="ONNX opset (TensorRT 10 parses 9..20).")] = 18,
+) -> None:
+    """One graph, dynamic batch, dropout masks as inputs, trunk run once per window, metadata inside."""
+    from tunepp_deploy.export.onnx_export import export_checkpoint
+
+    res = export_checkpoint(checkpoint, out, opset)
+    Console().print(f"wrote [bold]{res.path}[/] in {res.seconds:.1f} s (opset {res.opset}, {len(res.op_types)} op "
+                    f"types, window {res.meta.window}, sites {[s.name for s in res.meta.sites]}, sha256 "
+                    f"{res.sha256[:12]})")
+
+
+@app.command("trt")
+@user_errors
+def trt(
+    onnx_path: Annotated[Path, typer.Option("--onnx", help="ONNX file from `tunepp export onnx`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Engine file to write (model.engine).")],
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8.")] = "fp16",
+    calib: Annotated[Path | None, typer.Option(help="Folder of .npy windows [C,*window] for int8.")] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most windows per call in the profile.")] = 4,
+    samples: Annotated[int, typer.Option(min=1, help="Samples per call the profile is tuned for.")] = 25,
+    workspace_gb: Annotated[float, typer.Option(min=0.1, help="Builder workspace limit.")] = 4.0,
+    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache file (default: <out>.timing.cache).")]
+    = None,
+) -> None:
+    """Build a TensorRT engine (TensorRT 10 or 11) with a batch profile, timing cache and a JSON sidecar."""
+    from tunepp_deploy.export.trt_build import build_engine
+
+    res = build_engine(onnx_path, out, precision=precision, calib_dir=calib, max_batch=max_batch,
+                       samples=samples, workspace_gb=workspace_gb, timing_cache=timing_cache)
+    Console().print(f"wrote [bold]{res.engine}[/] and {res.sidecar.name} in {res.seconds:.0f} s "
+                    f"(TensorRT {res.info.tensorrt_version}, sm {res.info.compute_capability}, {res.info.precision})")

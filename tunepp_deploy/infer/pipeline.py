@@ -1,0 +1,240 @@
+"""``tunepp infer``: scans in, segmentation + uncertainty maps + report out, resumable over folders.
+
+Per case: load (one-line error for anything unusable) -> resample to the model's spacing and
+normalise (the training preprocessing, read from the model's metadata) -> sliding-window MC on the
+runner -> resample the probabilities and maps back to the input grid on the device (trilinear;
+labels are the argmax of the resampled mean probabilities, smoother than resampling labels) ->
+topology report -> write.
+
+Outputs of case ``NAME`` (the input's affine and header geometry, via ``save_volume``)::
+
+    NAME_seg.nii.gz        uint8 labels
+    NAME_aleatoric.nii.gz  float32   (definitions: tunepp_deploy.infer.uncertainty)
+    NAME_epistemic.nii.gz  float32
+    NAME_total.nii.gz      float32
+    NAME_report.json       written LAST: its presence marks a complete case
+
+Every file is written to a temporary name and renamed, so a crash never leaves a truncated file;
+a case whose report exists is skipped on the next run (unless ``overwrite``), one whose report is
+missing is redone, and a failing case has its partial outputs removed, is reported, and the batch
+goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tunepp_deploy import __version__
+from tunepp_deploy.data.layout import case_name, list_images
+from tunepp_deploy.data.nifti import load_volume, save_volume, write_atomic
+from tunepp_deploy.data.preprocess import preprocess_image, resample_tensor
+from tunepp_deploy.errors import DataError, TuneppError
+from tunepp_deploy.infer.masks import SampleMasks, sample_masks
+from tunepp_deploy.infer.mc import MCSettings, mc_predict
+from tunepp_deploy.infer.report import build_report
+from tunepp_deploy.infer.runners.base import Runner
+from tunepp_deploy.infer.uncertainty import UncertaintyMaps
+
+MAP_NAMES = ("aleatoric", "epistemic", "total")
+#: Default threshold on a region's mean total uncertainty for the report's flags (probability
+#: variance summed over classes; 0.1 ~ a voxel whose top class wavers by about +-0.2 across samples).
+DEFAULT_FLAG_THRESHOLD = 0.1
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    """Everything ``tunepp infer`` takes besides inputs, outputs and the model."""
+
+    mc: MCSettings = field(default_factory=MCSettings)
+    overwrite: bool = False
+    flag_threshold: float = DEFAULT_FLAG_THRESHOLD
+
+
+@dataclass
+class BatchResult:
+    """Outcome of a batch: names done, skipped (already complete) and failed (with the message)."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    reports: dict[str, Path] = field(default_factory=dict)
+
+
+def output_paths(out_dir: Path, name: str) -> dict[str, Path]:
+    """The files case ``name`` produces (``seg``, the three maps, ``report``)."""
+    paths = {"seg": out_dir / f"{name}_seg.nii.gz"}
+    paths.update({m: out_dir / f"{name}_{m}.nii.gz" for m in MAP_NAMES})
+    paths["report"] = out_dir / f"{name}_report.json"
+    return paths
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` and prove it is writable before any work is done (one-line error)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{out_dir}: cannot create output folder ({e.strerror or e})") from None
+    probe = out_dir / ".tunepp_write_test"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"{out_dir}: output folder is not writable ({e.strerror or e})") from None
+
+
+def _to_input_grid(maps: UncertaintyMaps, shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Resample all maps to the input grid at once; labels = argmax of the resampled probabilities."""
+    stacked = resample_tensor(maps.stacked()[None].float(), shape)[0]
+    back = UncertaintyMaps.unstack(stacked)
+    seg = back.mean_probs.argmax(0).to(torch.uint8)
+    out = {
+        "aleatoric": back.aleatoric.clamp_min(0.0),
+        "epistemic": back.epistemic.clamp_min(0.0),
+        "predictive_entropy": back.predictive_entropy.clamp_min(0.0),
+        "mutual_information": back.mutual_information.clamp_min(0.0),
+    }
+    out["total"] = out["aleatoric"] + out["epistemic"]
+    return seg.cpu().numpy(), {k: v.float().cpu().numpy() for k, v in out.items()}
+
+
+def infer_case(
+    image: Path,
+    out_dir: Path,
+    runner: Runner,
+    masks: SampleMasks,
+    opts: InferOptions,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Run one scan end to end; returns the report path. Raises TuneppError for unusable input."""
+    meta = runner.meta
+    name = case_name(image)
+    paths = output_paths(out_dir, name)
+    timing: dict[str, float] = {}
+    t = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        timing[stage] = round(now - t, 4)
+        t = now
+
+    vol = load_volume(image)
+    lap("load")
+    pre = preprocess_image(vol.array, vol.spacing, meta.spacing, meta.intensity)
+    x = torch.from_numpy(pre)[None].to(runner.device)
+    lap("preprocess")
+    result = mc_predict(x, runner, masks, opts.mc, progress=progress)
+    lap("mc_inference")
+    seg, maps = _to_input_grid(result.maps, vol.shape)
+    lap("resample_to_input")
+    report_maps = {k: maps[k] for k in ("total", "epistemic", "aleatoric", "mutual_information", "predictive_entropy")}
+    body = build_report(seg, report_maps, meta.classes, vol.spacing, vol.affine, opts.flag_threshold)
+    lap("report")
+    written: list[Path] = []
+    try:
+        written.append(save_volume(seg, vol, paths["seg"], dtype=np.uint8))
+        for m in MAP_NAMES:
+            written.append(save_volume(maps[m], vol, paths[m], dtype=np.float32))
+        lap("write")
+        report: dict[str, Any] = {
+            "case": name,
+            "input": str(image),
+            "input_shape": list(vol.shape),
+            "input_spacing": list(vol.spacing),
+            "model_grid_shape": list(pre.shape),
+            "model_spacing": list(meta.spacing),
+            "tunepp_version": __version__,
+            "model_version": meta.version,
+            "backend": runner.name,
+            "runner": runner.describe(),
+            "samples": masks.samples,
+            "seed": masks.seed,
+            "overlap": opts.mc.overlap,
+            "windows": result.windows,
+            "runner_calls": result.calls,
+            "windows_per_call": result.plan.windows_per_call,
+            "samples_per_call": result.plan.samples_per_call,
+            "blend": result.blend,
+            "classes": meta.classes,
+            "outputs": {k: p.name for k, p in paths.items() if k != "report"},
+            "uncertainty_definitions": "see tunepp_deploy/infer/uncertainty.py (total = epistemic + aleatoric)",
+            **body,
+            "timing_s": timing,
+        }
+        text = json.dumps(report, indent=2)
+        write_atomic(paths["report"], lambda tmp: tmp.write_text(text))
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return paths["report"]
+
+
+def infer_paths(
+    inputs: Path,
+    out_dir: Path,
+    runner: Runner,
+    opts: InferOptions,
+    on_case: Callable[[str, str, str], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> BatchResult:
+    """Run every scan under ``inputs`` (a file or a folder), resuming and isolating failures.
+
+    ``on_case(name, status, message)`` is called after each case (status: done, skipped, failed).
+    A single-file input re-raises its error (the CLI prints one line and exits 2).
+    """
+    images = list_images(inputs)
+    check_output_dir(out_dir)
+    meta = runner.meta
+    masks = sample_masks(meta.sites, meta.window, opts.mc.samples, opts.mc.seed)
+    res = BatchResult()
+    single = Path(inputs).is_file()
+    for image in images:
+        name = case_name(image)
+        paths = output_paths(out_dir, name)
+        if paths["report"].exists() and not opts.overwrite:
+            res.skipped.append(name)
+            if on_case:
+                on_case(name, "skipped", "report exists")
+            continue
+        try:
+            res.reports[name] = infer_case(image, out_dir, runner, masks, opts, progress)
+        except TuneppError as e:
+            if single:
+                raise
+            res.failed.append((name, str(e)))
+            if on_case:
+                on_case(name, "failed", str(e))
+            continue
+        except (RuntimeError, ValueError, MemoryError) as e:  # a backend failure on one case: isolate it
+            if single:
+                raise TuneppError(f"{image}: inference failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
+                    from None
+            res.failed.append((name, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+            if on_case:
+                on_case(name, "failed", res.failed[-1][1])
+            continue
+        res.done.append(name)
+        if on_case:
+            on_case(name, "done", str(res.reports[name]))
+    return res
+
+
+__all__ = [
+    "DEFAULT_FLAG_THRESHOLD",
+    "MAP_NAMES",
+    "BatchResult",
+    "InferOptions",
+    "check_output_dir",
+    "infer_case",
+    "infer_paths",
+    "output_paths",
+]
