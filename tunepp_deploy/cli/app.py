@@ -6,9 +6,10 @@ from __future__ import annotations
 import typer
 
 from tunepp_deploy import __version__
-from tunepp_deploy.cli import data_cmd, export_cmd
+from tunepp_deploy.cli import calibrate_cmd, data_cmd, export_cmd
 from tunepp_deploy.cli.demo_cmd import demo
 from tunepp_deploy.cli.doctor_cmd import doctor
+from tunepp_deploy.cli.evaluate_cmd import evaluate
 from tunepp_deploy.cli.infer_cmd import infer
 from tunepp_deploy.cli.model_cmd import model_info
 from tunepp_deploy.cli.topo_cmd import topo
@@ -28,6 +29,8 @@ app.add_typer(export_cmd.app, name="export")
 app.command("infer")(infer)
 app.command("demo")(demo)
 app.command("doctor")(doctor)
+app.add_typer(calibrate_cmd.app, name="calibrate")
+app.command("evaluate")(evaluate)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,1 @@
+"""Post-training calibration: temperature scaling (:mod:`.temperature`) and INT8 calibration data (:mod:`.int8`)."""

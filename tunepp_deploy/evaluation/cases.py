@@ -1,0 +1,189 @@
+"""Pairing prediction files with ground-truth labels, and loading one pair with its checks.
+
+Predictions follow ``tunepp infer``'s names: ``NAME_seg.nii.gz`` (labels), ``NAME_total.nii.gz``,
+``NAME_epistemic.nii.gz``, ``NAME_aleatoric.nii.gz`` (uncertainty maps, in ``--unc`` or next to the
+segmentation), optionally ``NAME_probs.nii.gz`` (4D, K class probabilities, needed for calibration
+metrics) and ``NAME_report.json`` (its ``classes``). Truth is ``labelsTr/NAME.nii.gz`` under a
+dataset root (or a folder of ``NAME.nii.gz``); the scan for the report's slice panels is looked up
+in the dataset's ``imagesTr`` (``NAME_0000.nii.gz`` or ``NAME.nii.gz``).
+
+Every problem is a one-line :class:`DataError` naming the case: a prediction without truth, truth
+without prediction (unless ``allow_missing``), grids that differ (shape, or affine beyond 1e-3 mm),
+labels outside the class list, a probability file with the wrong number of channels.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from tunepp_deploy.data.layout import _strip_nii
+from tunepp_deploy.data.nifti import Volume, load_volume
+from tunepp_deploy.errors import DataError
+
+UNC_MAPS = ("total", "epistemic", "aleatoric")
+SEG_SUFFIX = "_seg"
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """The files of one evaluated case (None where absent)."""
+
+    name: str
+    seg: Path
+    truth: Path
+    image: Path | None = None
+    probs: Path | None = None
+    unc: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedEval:
+    """One case in memory, on one grid."""
+
+    name: str
+    pred: np.ndarray
+    truth: np.ndarray
+    spacing: tuple[float, float, float]
+    image: np.ndarray | None
+    probs: np.ndarray | None
+    unc: dict[str, np.ndarray]
+
+
+def _nifti(folder: Path, stem: str) -> Path | None:
+    for ext in (".nii.gz", ".nii"):
+        p = folder / f"{stem}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def truth_folder(gt: Path) -> Path:
+    """``gt/labelsTr`` for a dataset root, else ``gt`` itself."""
+    if not gt.is_dir():
+        raise DataError(f"{gt}: ground-truth folder not found")
+    return gt / "labelsTr" if (gt / "labelsTr").is_dir() else gt
+
+
+def pair_cases(pred: Path, gt: Path, unc: Path | None = None, allow_missing: bool = False) -> list[CaseFiles]:
+    """Match ``NAME_seg`` predictions with ``NAME`` truths (module docstring), sorted by name."""
+    if not pred.is_dir():
+        raise DataError(f"{pred}: prediction folder not found")
+    lab_dir = truth_folder(gt)
+    img_dir = gt / "imagesTr" if (gt / "imagesTr").is_dir() else None
+    unc_dir = unc or pred
+    if not unc_dir.is_dir():
+        raise DataError(f"{unc_dir}: uncertainty folder not found")
+    preds = {}
+    for p in pred.iterdir():
+        stem = _strip_nii(p.name)
+        if p.is_file() and stem != p.name and stem.endswith(SEG_SUFFIX):
+            preds[stem[: -len(SEG_SUFFIX)]] = p
+    truths = {_strip_nii(p.name): p for p in lab_dir.iterdir()
+              if p.is_file() and p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith(".")}
+    if not preds:
+        raise DataError(f"{pred}: no NAME_seg.nii.gz predictions found")
+    for name in sorted(preds):
+        if name not in truths:
+            raise DataError(f"case {name}: prediction {preds[name].name} has no truth {name}.nii.gz in {lab_dir}")
+    if not allow_missing:
+        for name in sorted(truths):
+            if name not in preds:
+                raise DataError(f"case {name}: truth {truths[name].name} has no prediction {name}_seg.nii.gz in "
+                                f"{pred} (use --allow-missing to evaluate only the predicted cases)")
+    out = []
+    for name in sorted(preds):
+        image = None
+        if img_dir is not None:
+            image = _nifti(img_dir, f"{name}_0000") or _nifti(img_dir, name)
+        maps = {m: p for m in UNC_MAPS if (p := _nifti(unc_dir, f"{name}_{m}")) is not None}
+        out.append(CaseFiles(name, preds[name], truths[name], image, _nifti(pred, f"{name}_probs"), maps))
+    return out
+
+
+def class_names(pred: Path, gt: Path, cases: list[CaseFiles]) -> list[str] | None:
+    """Class names from the predictions' ``NAME_report.json`` or the dataset's ``dataset.json`` (None if neither).
+
+    Two sources that disagree are an error: evaluating with the wrong class list would mislabel every row.
+    """
+    sources: list[tuple[str, list[str]]] = []
+    for c in cases:
+        rep = pred / f"{c.name}_report.json"
+        if rep.is_file():
+            try:
+                classes = json.loads(rep.read_text()).get("classes")
+            except ValueError:
+                raise DataError(f"case {c.name}: {rep} is not valid JSON") from None
+            if classes:
+                sources.append((str(rep), list(classes)))
+            break
+    ds = gt / "dataset.json"
+    if ds.is_file():
+        try:
+            classes = json.loads(ds.read_text()).get("classes")
+        except ValueError:
+            raise DataError(f"{ds}: not valid JSON") from None
+        if isinstance(classes, list) and classes:
+            sources.append((str(ds), [str(x) for x in classes]))
+    if len(sources) == 2 and sources[0][1] != sources[1][1]:
+        raise DataError(f"class lists differ: {sources[0][0]} has {sources[0][1]}, {sources[1][0]} has {sources[1][1]}")
+    return sources[0][1] if sources else None
+
+
+def _same_grid(a: Volume, b: Volume, name: str, what: str) -> None:
+    if a.shape != b.shape:
+        raise DataError(f"case {name}: {what} grid {b.shape} differs from the truth grid {a.shape}")
+    if not np.allclose(a.affine, b.affine, atol=1e-3):
+        raise DataError(f"case {name}: {what} affine differs from the truth's (not on the same grid)")
+
+
+def _labels(vol: Volume, name: str, what: str, num_classes: int) -> np.ndarray:
+    arr = np.rint(vol.array)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= num_classes:
+        present = sorted(int(v) for v in np.unique(arr))
+        raise DataError(f"case {name}: {what} labels {present} are not in the label set 0..{num_classes - 1}")
+    return arr.astype(np.uint8)
+
+
+def load_pair(c: CaseFiles, num_classes: int, with_image: bool = True) -> LoadedEval:
+    """Load and check one case (module docstring)."""
+    truth = load_volume(c.truth)
+    seg = load_volume(c.seg)
+    _same_grid(truth, seg, c.name, "prediction")
+    maps = {}
+    for m, p in c.unc.items():
+        v = load_volume(p)
+        _same_grid(truth, v, c.name, f"{m} uncertainty")
+        maps[m] = v.array.astype(np.float32)
+    probs = None
+    if c.probs is not None:
+        img = nib.load(str(c.probs))
+        arr = np.asarray(img.dataobj, np.float32)
+        if arr.ndim != 4 or tuple(arr.shape[:3]) != truth.shape:
+            raise DataError(f"case {c.name}: {c.probs.name} shape {arr.shape}, expected {(*truth.shape, num_classes)}")
+        if arr.shape[3] != num_classes:
+            raise DataError(f"case {c.name}: {c.probs.name} has {arr.shape[3]} classes, the label set {num_classes}")
+        probs = np.moveaxis(arr, 3, 0)
+    image = None
+    if with_image and c.image is not None:
+        iv = load_volume(c.image)
+        if iv.shape == truth.shape:
+            image = iv.array
+    return LoadedEval(
+        c.name, _labels(seg, c.name, "prediction", num_classes), _labels(truth, c.name, "truth", num_classes),
+        truth.spacing, image, probs, maps,
+    )
+
+
+def max_truth_label(cases: list[CaseFiles]) -> int:
+    """Largest label in any truth file: the label set when no class list exists (predictions must fit in it)."""
+    return max(int(np.rint(load_volume(c.truth).array).max()) for c in cases)
+
+
+__all__ = ["UNC_MAPS", "CaseFiles", "LoadedEval", "class_names", "load_pair", "max_truth_label", "pair_cases",
+           "truth_folder"]
