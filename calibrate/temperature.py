@@ -195,7 +195,7 @@ def gather_val_logits(
         y = torch.from_numpy(lc.label.reshape(-1).astype(np.int64))
         n = y.numel()
         seen += n
-        fit_idx = _take(n, per, rng)
+        fit_idx = _take(n, max(1, min(per, n // 2)), rng)  # at most half a case: the rest is held out for ECE
         eval_idx = _take(n, per_eval, rng, exclude=np.sort(fit_idx))
         fg = np.nonzero(((z.argmax(1) > 0) | (y > 0)).numpy())[0]
         fg_idx = fg if fg.size <= per_eval else rng.choice(fg, size=per_eval, replace=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from tunepp_deploy import __version__
-from tunepp_deploy.cli import calibrate_cmd, data_cmd, export_cmd
+from tunepp_deploy.cli import calibrate_cmd, data_cmd, experiment_cmd, export_cmd
 from tunepp_deploy.cli.demo_cmd import demo
 from tunepp_deploy.cli.doctor_cmd import doctor
 from tunepp_deploy.cli.evaluate_cmd import evaluate
@@ -31,6 +31,7 @@ app.command("demo")(demo)
 app.command("doctor")(doctor)
 app.add_typer(calibrate_cmd.app, name="calibrate")
 app.command("evaluate")(evaluate)
+app.add_typer(experiment_cmd.app, name="experiment")
 
 
 def _version(value: bool) -> None:

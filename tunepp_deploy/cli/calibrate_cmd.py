@@ -53,6 +53,8 @@ def temperature(
     console.print(f"ECE (all voxels)  {fit.ece_before:.4f} -> {fit.ece_after:.4f}")
     console.print(f"ECE (foreground)  {fit.ece_fg_before:.4f} -> {fit.ece_fg_after:.4f}")
     console.print(f"NLL               {fit.nll_before:.4f} -> {fit.nll_after:.4f}")
+    if not 0.1 <= min(fit.temperature) <= max(fit.temperature) <= 10.0:
+        console.print("[yellow]warning:[/] extreme temperature: is the model trained, and the data its own?")
 
 
 @app.command("int8")

@@ -1,0 +1,1 @@
+"""Reproducible experiments on phantoms (``tunepp experiment ...``)."""
