@@ -18,8 +18,8 @@ app = typer.Typer(help="Reproducible experiments on phantoms (fidelity of the se
 def fidelity(
     out: Annotated[Path, typer.Option("--out", "-o", help="Experiment folder (data, runs, reports, fidelity.md).")],
     config: Annotated[Path, typer.Option("--config", "-c", help="Training config.")] = Path("configs/phantom.yaml"),
-    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per run (default: the config's; 12 keeps a "
-                                                           "2-core CPU under 25 min).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per run (default: the config's 30; 5 is the "
+                                                           "~25 min setting on a 2-core CPU).")] = None,
     iters_per_epoch: Annotated[int | None, typer.Option(min=1, help="Override train.iters_per_epoch.")] = None,
     train_cases: Annotated[int, typer.Option(min=3, help="Training phantoms (train + val).")] = 16,
     test_cases: Annotated[int, typer.Option(min=1, help="Held-out test phantoms.")] = 6,
