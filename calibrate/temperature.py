@@ -11,7 +11,8 @@ deterministic network's (dropout off: all-ones masks) blended by the sliding win
 validation volumes on the model grid — the same windows inference uses. Voxels are subsampled
 uniformly (default 200k) for the fit: NLL is a mean, so a random subsample estimates it without bias
 and L-BFGS converges in a few dozen evaluations; ECE before and after is measured on a disjoint
-subsample (all voxels and foreground-only; :mod:`tunepp_deploy.metrics.calibration`).
+subsample (all voxels and foreground-only; :mod:`tunepp_deploy.metrics.calibration`). A case gives
+at most half its voxels to the fit, so small validation volumes still leave held-out voxels.
 
 Logits are blended across overlapping windows before scaling; inference scales each window's (and
 each MC sample's) logits and blends probabilities. Both are linear in the same logits inside one
