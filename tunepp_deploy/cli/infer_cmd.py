@@ -35,13 +35,18 @@ def infer(
     """MC-dropout segmentation with aleatoric / epistemic / total uncertainty maps and a JSON report."""
     from tunepp_deploy.errors import TuneppError
     from tunepp_deploy.infer.mc import MCSettings
-    from tunepp_deploy.infer.pipeline import InferOptions, infer_paths
+    from tunepp_deploy.infer.pipeline import InferOptions, check_output_dir, infer_paths
     from tunepp_deploy.infer.runners import open_runner
 
     if blend not in ("auto", "sample", "window"):
         raise TuneppError(f"unknown --blend '{blend}' (use auto, sample or window)")
     if not input.exists():
         raise TuneppError(f"{input}: file or folder not found")
+    if input.is_file():  # a single scan: refuse unusable input before loading the model or printing anything
+        from tunepp_deploy.data.nifti import load_volume
+
+        load_volume(input)
+    check_output_dir(out)
     console = Console(stderr=True)
     with open_runner(model, backend, device, amp=amp, cuda_graphs=cuda_graphs, threads=threads) as runner:
         d = runner.meta.config.infer
