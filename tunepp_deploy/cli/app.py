@@ -7,6 +7,7 @@ import typer
 
 from tunepp_deploy import __version__
 from tunepp_deploy.cli import calibrate_cmd, data_cmd, experiment_cmd, export_cmd
+from tunepp_deploy.cli.bench_cmd import app as bench_app
 from tunepp_deploy.cli.demo_cmd import demo
 from tunepp_deploy.cli.doctor_cmd import doctor
 from tunepp_deploy.cli.evaluate_cmd import evaluate
@@ -32,6 +33,7 @@ app.command("doctor")(doctor)
 app.add_typer(calibrate_cmd.app, name="calibrate")
 app.command("evaluate")(evaluate)
 app.add_typer(experiment_cmd.app, name="experiment")
+app.add_typer(bench_app, name="bench")
 
 
 def _version(value: bool) -> None:
