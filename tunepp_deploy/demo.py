@@ -71,7 +71,11 @@ def write_figure(scan: np.ndarray, seg: np.ndarray, truth: np.ndarray, maps: dic
             kw = {"vmin": 0, "vmax": 9, "interpolation": "nearest"} if cmap == "tab10" else {}
             if cmap == "magma":
                 kw = {"vmin": 0.0, "vmax": vmax}
-            im = ax.imshow(vol[:, :, z].T, origin="lower", cmap=cmap, **kw)
+            sl = vol[:, :, z].T
+            if cmap == "tab10":  # labels over the scan, background transparent
+                ax.imshow(scan[:, :, z].T, origin="lower", cmap="gray")
+                sl = np.ma.masked_equal(sl, 0)
+            im = ax.imshow(sl, origin="lower", cmap=cmap, **kw)
             ax.set_axis_off()
             if r == 0:
                 ax.set_title(title, fontsize=9)

@@ -178,3 +178,14 @@ def test_export_errors_are_one_line(tmp_path: Path) -> None:
                                    str(tmp_path / "m.onnx")])
     _one_line_error(res)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_demo_figure(tmp_path: Path) -> None:
+    from tunepp_deploy.demo import write_figure
+
+    rng = np.random.default_rng(0)
+    seg = np.zeros((20, 18, 16), np.uint8)
+    seg[5:10, 5:10, 4:12] = 2
+    maps = {m: rng.random((20, 18, 16)).astype(np.float32) for m in ("epistemic", "aleatoric", "total")}
+    path = write_figure(rng.random((20, 18, 16)), seg, seg, maps, tmp_path / "demo.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
