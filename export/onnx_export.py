@@ -13,10 +13,11 @@ S' MC samples of B windows at the cost ``trunk(B) + head(S' * B)``; feeding ``x`
 (R = B) turns the reuse off, which is how the benchmark measures what it saves.
 
 **One graph, not two.** A trunk graph plus a head graph was measured on this 2-core CPU (ONNX
-Runtime 1.23, phantom network, 48x48x32 window, S = 25): one graph 0.22 s per window, two graphs
-0.27 s (the trunk's skip tensors make a round trip through host memory between sessions), and one
-file / one TensorRT engine is simpler to ship. The cost of one graph: when a window's S samples do
-not fit the memory budget, the samples are run in chunks and the trunk is recomputed per chunk.
+Runtime 1.23, phantom network, 48x48x32 window, S = 25, ``python -m tunepp_deploy.bench.mc
+--two-graphs``): one graph 1.16 s per window, two graphs 1.72 s (the trunk's skip tensors make a
+round trip through host memory between sessions), and one file / one TensorRT engine is simpler to
+ship. The cost of one graph: when a window's S samples do not fit the memory budget, the samples are
+run in chunks and the trunk is recomputed per chunk.
 
 **Exporter.** ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript). The TorchScript
 exporter (``dynamo=False``) fails on this network with torch 2.13: TUPA's token reshapes use the
