@@ -13,6 +13,7 @@ from tunepp_deploy.cli.doctor_cmd import doctor
 from tunepp_deploy.cli.evaluate_cmd import evaluate
 from tunepp_deploy.cli.infer_cmd import infer
 from tunepp_deploy.cli.model_cmd import model_info
+from tunepp_deploy.cli.segwithu_cmd import infer_segwithu, train_head
 from tunepp_deploy.cli.topo_cmd import topo
 from tunepp_deploy.cli.train_cmd import train
 
@@ -34,6 +35,8 @@ app.add_typer(calibrate_cmd.app, name="calibrate")
 app.command("evaluate")(evaluate)
 app.add_typer(experiment_cmd.app, name="experiment")
 app.add_typer(bench_app, name="bench")
+app.command("train-head")(train_head)
+app.command("infer-segwithu")(infer_segwithu)
 
 
 def _version(value: bool) -> None:
