@@ -39,7 +39,7 @@ def temperature(
     from tunepp_deploy.infer.runners import open_runner
 
     console = Console(stderr=True)
-    with open_runner(model, backend, device, amp=False) as runner:
+    with open_runner(model, backend, device, amp=False, temperature=False) as runner:
         cfg = runner.meta.config
         vf = cfg.data.val_fraction if val_fraction is None else val_fraction
         # without split.json: the split training would have drawn (config's val fraction and train seed)

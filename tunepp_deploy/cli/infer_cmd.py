@@ -31,6 +31,7 @@ def infer(
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch / ONNX Runtime.")] = None,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (torch backend).")] = True,
     cuda_graphs: Annotated[bool, typer.Option(help="Replay CUDA graphs (torch backend on CUDA).")] = False,
+    temperature: Annotated[bool, typer.Option(help="Apply the temperature stored by `calibrate temperature`.")] = True,
 ) -> None:
     """MC-dropout segmentation with aleatoric / epistemic / total uncertainty maps and a JSON report."""
     from tunepp_deploy.errors import TuneppError
@@ -48,7 +49,8 @@ def infer(
         load_volume(input)
     check_output_dir(out)
     console = Console(stderr=True)
-    with open_runner(model, backend, device, amp=amp, cuda_graphs=cuda_graphs, threads=threads) as runner:
+    with open_runner(model, backend, device, amp=amp, cuda_graphs=cuda_graphs, threads=threads,
+                     temperature=temperature) as runner:
         d = runner.meta.config.infer
         mc = MCSettings(
             samples=samples or d.samples, seed=d.seed if seed is None else seed,

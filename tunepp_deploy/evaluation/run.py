@@ -97,17 +97,13 @@ def predict_dataset(
     on_case: Callable[[str], None] | None = None,
 ) -> list[str]:
     """MC inference of every case under ``data`` into ``out``: seg, maps, report-free probabilities."""
-    from tunepp_deploy.calibrate.temperature import TemperedRunner, read_temperature
     from tunepp_deploy.infer.masks import sample_masks
     from tunepp_deploy.infer.mc import MCSettings, mc_predict
     from tunepp_deploy.infer.runners import open_runner
     from tunepp_deploy.infer.uncertainty import UncertaintyMaps
 
     out.mkdir(parents=True, exist_ok=True)
-    runner = open_runner(model, backend, device)
-    t = read_temperature(model) if use_temperature and not str(model).endswith((".engine", ".plan", ".trt")) else None
-    if t is not None:
-        runner = TemperedRunner(runner, t)
+    runner = open_runner(model, backend, device, temperature=use_temperature)
     names = []
     with runner:
         meta = runner.meta
@@ -133,7 +129,8 @@ def predict_dataset(
             write_atomic(out / f"{case.name}_probs.nii.gz", lambda tmp, im=img: nib.save(im, str(tmp)),
                          suffix=".nii.gz")
             rep = json.dumps({"case": case.name, "classes": meta.classes, "samples": mc.samples, "seed": mc.seed,
-                              "temperature": t, "written_by": "tunepp evaluate --model"}, indent=2)
+                              "temperature": getattr(runner, "temperature", None),
+                              "written_by": "tunepp evaluate --model"}, indent=2)
             write_atomic(out / f"{case.name}_report.json", lambda tmp, txt=rep: tmp.write_text(txt))
             names.append(case.name)
             if on_case:

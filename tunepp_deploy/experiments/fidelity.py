@@ -99,7 +99,7 @@ def run_variant(
     ckpt = run / "best.pt"
     t_train = time.perf_counter() - t0
 
-    with open_runner(ckpt, "torch", "cpu") as runner:
+    with open_runner(ckpt, "torch", "cpu", temperature=False) as runner:
         cases, split = validation_cases(ckpt, data["train"], cfg.data.layout, cfg.data.val_fraction, cfg.train.seed)
         val = gather_val_logits(runner, cases, overlap=cfg.infer.overlap, seed=s.seed)
     fit = fit_on_validation(val, per_class=False, split=split)

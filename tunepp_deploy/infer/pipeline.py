@@ -155,6 +155,7 @@ def infer_case(
             "model_version": meta.version,
             "backend": runner.name,
             "runner": runner.describe(),
+            "temperature": getattr(runner, "temperature", None),
             "samples": masks.samples,
             "seed": masks.seed,
             "overlap": opts.mc.overlap,

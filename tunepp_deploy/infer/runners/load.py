@@ -83,9 +83,27 @@ def open_runner(
     amp: bool = True,
     cuda_graphs: bool = False,
     threads: int | None = None,
+    temperature: bool = True,
 ) -> Runner:
-    """Load ``model`` on ``backend`` (module docstring). The caller closes the runner."""
-    path = Path(model)
+    """Load ``model`` on ``backend`` (module docstring). The caller closes the runner.
+
+    A temperature stored by ``tunepp calibrate temperature`` (checkpoint key or ONNX metadata) is
+    applied here, once for every caller, unless ``temperature=False`` — which fitting a new
+    temperature needs, so it never fits on already-tempered logits.
+    """
+    runner = _open_backend(Path(model), backend, device, amp, cuda_graphs, threads)
+    if temperature and model_kind(Path(model)) != "engine":
+        from tunepp_deploy.calibrate.temperature import TemperedRunner, read_temperature
+
+        t = read_temperature(model)
+        if t is not None:
+            return TemperedRunner(runner, t)
+    return runner
+
+
+def _open_backend(
+    path: Path, backend: str, device: str, amp: bool, cuda_graphs: bool, threads: int | None
+) -> Runner:
     if backend not in BACKENDS:
         raise TuneppError(f"unknown backend '{backend}' (use {', '.join(BACKENDS)})")
     if not path.is_file():
