@@ -8,6 +8,7 @@ import typer
 from tunepp_deploy import __version__
 from tunepp_deploy.cli import calibrate_cmd, data_cmd, experiment_cmd, export_cmd
 from tunepp_deploy.cli.bench_cmd import app as bench_app
+from tunepp_deploy.cli.compare_cmd import compare
 from tunepp_deploy.cli.demo_cmd import demo
 from tunepp_deploy.cli.doctor_cmd import doctor
 from tunepp_deploy.cli.evaluate_cmd import evaluate
@@ -37,6 +38,7 @@ app.add_typer(experiment_cmd.app, name="experiment")
 app.add_typer(bench_app, name="bench")
 app.command("train-head")(train_head)
 app.command("infer-segwithu")(infer_segwithu)
+app.command("compare")(compare)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,54 @@
+"""Per-case metrics shared by every method of the comparison (definitions in :mod:`tunepp_deploy.metrics`).
+
+For a case with mean probabilities ``p [K, ...]``, uncertainty ``u [...]`` and truth ``y``:
+Dice (mean over foreground classes), summed Betti error over labels, top-label ECE over all voxels
+and over the foreground (union of predicted and true foreground), AUROC and AURC of ``u`` for voxel
+errors (argmax != truth), and the case score for triage (mean ``u`` over the predicted foreground).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tunepp_deploy.metrics import (
+    auroc,
+    betti_error_per_label,
+    case_failed,
+    case_score,
+    dice_per_class,
+    ece,
+    foreground_region,
+    risk_coverage,
+    triage_curve,
+)
+from tunepp_deploy.metrics.triage import DEFAULT_BUDGET
+
+
+def case_metrics(probs: np.ndarray, u: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    k = probs.shape[0]
+    pred = probs.argmax(0)
+    err = pred != labels
+    dice = float(np.nanmean(dice_per_class(pred, labels, k)))
+    betti = np.asarray(betti_error_per_label(pred, labels, k))
+    return {
+        "dice": dice, "betti_error": float(betti.sum()),
+        "ece": ece(probs, labels), "ece_fg": ece(probs, labels, foreground_region(pred, labels)),
+        "auroc": auroc(u, err) if err.any() and (~err).any() else float("nan"),
+        "aurc": risk_coverage(u, err).aurc,
+        "case_score": case_score(u, pred), "failed": float(case_failed(dice, betti)),
+    }
+
+
+def summarise(per_case: list[dict[str, float]]) -> dict[str, Any]:
+    """Means over cases plus the share of failed cases found when reviewing 25% (by case score)."""
+    keys = ["dice", "betti_error", "ece", "ece_fg", "auroc", "aurc"]
+    out: dict[str, Any] = {k: float(np.nanmean([c[k] for c in per_case])) for k in keys}
+    curve = triage_curve([c["case_score"] for c in per_case], [bool(c["failed"]) for c in per_case])
+    out["triage_at_25"] = curve.at(DEFAULT_BUDGET)
+    out["failed_cases"] = curve.failures
+    return out
+
+
+__all__ = ["case_metrics", "summarise"]
