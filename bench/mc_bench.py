@@ -84,6 +84,8 @@ class BenchSettings:
     threads: int | None = None
     seed: int = 0
     baselines: bool = True
+    max_batch: int | None = None  # windows per runner call (default: the config's infer.max_batch)
+    memory_gb: float | None = None  # the engine's memory budget (default: the config's infer.memory_gb)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -284,12 +286,17 @@ def _entry(kind: str, backend: str, precision: str, samples: int, runner: str, m
     }
 
 
-def _ratio(name: str, num: dict[str, Any] | None, den: dict[str, Any] | None, meaning: str) -> dict[str, Any] | None:
+def _ratio(name: str, num: dict[str, Any] | None, den: dict[str, Any] | None, meaning: str,
+           stage: str | None = None) -> dict[str, Any] | None:
+    """``num / den`` of two entries' median latencies (or of one stage's medians, e.g. ``network``)."""
     if num is None or den is None:
         return None
-    a, b = num["latency_s"]["median"], den["latency_s"]["median"]
+    if stage is None:
+        a, b = num["latency_s"]["median"], den["latency_s"]["median"]
+    else:
+        a, b = num["stages_s"][stage], den["stages_s"][stage]
     out = {"name": name, "value": a / b, "numerator": num["key"], "denominator": den["key"],
-           "numerator_s": a, "denominator_s": b, "meaning": meaning}
+           "numerator_s": a, "denominator_s": b, "of": stage or "latency", "meaning": meaning}
     if name in TARGETS:
         out["target"] = TARGETS[name]
         out["met"] = a / b >= TARGETS[name]
@@ -348,8 +355,8 @@ def run_mc_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[s
     with torch.device("meta"):
         flop_net = build_network(cfg)
     flops = window_flops(flop_net, meta.window, meta.in_channels)
-    mc = MCSettings(samples=1, seed=cfg.infer.seed, overlap=cfg.infer.overlap, max_batch=cfg.infer.max_batch,
-                    memory_gb=cfg.infer.memory_gb)
+    mc = MCSettings(samples=1, seed=cfg.infer.seed, overlap=cfg.infer.overlap,
+                    max_batch=s.max_batch or cfg.infer.max_batch, memory_gb=s.memory_gb or cfg.infer.memory_gb)
     scan: Scan = make_scan(volume, meta.spacing, s.seed)
     grid = preprocessed_shape(scan, meta.spacing)
     windows = count_windows(grid, meta.window, mc.overlap)
@@ -473,6 +480,10 @@ def compute_ratios(by_key: dict[str, dict[str, Any]], backends: Sequence[str], p
                f"seed's {s_ref}-pass eager loop / engine (torch fp32, batched, trunk reuse); > 1: engine faster"),
         _ratio("ort_vs_torch_single", by_key.get("single/torch/fp32/S1"), by_key.get("single/ort/fp32/S1"),
                "torch eager single pass / ONNX Runtime single pass (fp32); > 1: ORT faster"),
+        _ratio("ort_vs_torch_single_network", by_key.get("single/torch/fp32/S1"), by_key.get("single/ort/fp32/S1"),
+               "the same, network stage only (the other stages are the same code on both)", stage="network"),
+        _ratio("batched_vs_loop_network", by_key.get(f"naive/torch/fp32/S{s_ref}"),
+               by_key.get(f"mc/torch/fp32/S{s_ref}"), "batched_vs_loop, network stage only", stage="network"),
     ]
     for b in backends:
         for p in precisions:

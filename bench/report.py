@@ -90,12 +90,14 @@ def markdown(result: dict[str, Any]) -> str:
         "|" + "---|" * 3 + "---:|" * (len(_header(result)) - 3),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in _rows(result)]
-    lines += ["", "## Ratios (each = numerator median / denominator median, both measured in this run)", "",
+    lines += ["", "## Ratios (numerator / denominator medians, both from this run; latency unless a stage is named)",
+              "",
               "| ratio | value | numerator | denominator | target |", "|---|---:|---|---|---|"]
     for r in result["ratios"]:
         target = f">= {r['target']} ({'met' if r['met'] else 'missed'})" if "target" in r else ""
-        lines.append(f"| {r['name']} | {r['value']:.2f} | `{r['numerator']}` {r['numerator_s']:.3f} s | "
-                     f"`{r['denominator']}` {r['denominator_s']:.3f} s | {target} |")
+        of = "" if r["of"] == "latency" else f" ({r['of']})"
+        lines.append(f"| {r['name']} | {r['value']:.2f} | `{r['numerator']}`{of} {r['numerator_s']:.3f} s | "
+                     f"`{r['denominator']}`{of} {r['denominator_s']:.3f} s | {target} |")
     ref = st["reference_samples"]
     ideal = fl.get(f"ideal_trunk_reuse_speedup_S{ref}")
     if ideal is not None:

@@ -110,9 +110,13 @@ def test_ratios_are_recorded_quotients(result: dict[str, Any]) -> None:
     by_key = {e["key"]: e for e in result["entries"]}
     names = {r["name"] for r in result["ratios"]}
     assert {"batched_vs_loop", "ort_vs_torch_single", "trunk_reuse_torch_fp32", "trunk_reuse_ort_fp32"} <= names
+    assert {"ort_vs_torch_single_network", "batched_vs_loop_network"} <= names
     for r in result["ratios"]:
-        a = by_key[r["numerator"]]["latency_s"]["median"]
-        b = by_key[r["denominator"]]["latency_s"]["median"]
+        num, den = by_key[r["numerator"]], by_key[r["denominator"]]
+        if r["of"] == "latency":
+            a, b = num["latency_s"]["median"], den["latency_s"]["median"]
+        else:
+            a, b = num["stages_s"][r["of"]], den["stages_s"][r["of"]]
         assert r["numerator_s"] == a and r["denominator_s"] == b
         assert r["value"] == a / b
         if "target" in r:

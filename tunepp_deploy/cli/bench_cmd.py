@@ -60,6 +60,10 @@ def bench(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch / ONNX Runtime.")] = None,
     baselines: Annotated[bool, typer.Option(help="Also measure the naive loop and trunk reuse off.")] = True,
+    max_batch: Annotated[int | None, typer.Option(min=1, help="Windows per runner call (default: the config's; "
+                                                             "rows per call = windows x samples).")] = None,
+    memory_gb: Annotated[float | None, typer.Option(min=0.01, help="Engine memory budget, GB (default: the "
+                                                                   "config's).")] = None,
 ) -> None:
     """Whole-volume MC latency per backend x precision x samples, with stages, memory, floor and baselines."""
     if ctx.invoked_subcommand is not None:
@@ -72,7 +76,7 @@ def bench(
         out=out, config=config, model=model, volume=_volume(volume) if volume else None,
         samples=_ints(samples, "--samples"), backends=_csv(backends), precisions=_csv(precision),
         repeats=repeats, warmup=warmup, dropout_sites=_csv(dropout_sites) if dropout_sites is not None else None,
-        device=device, threads=threads, baselines=baselines,
+        device=device, threads=threads, baselines=baselines, max_batch=max_batch, memory_gb=memory_gb,
     )
     result = run_mc_bench(settings, log=lambda msg: console.print(msg, highlight=False))
     Console().print(rich_table(result))
