@@ -91,7 +91,7 @@ def write_figure(scan: np.ndarray, seg: np.ndarray, truth: np.ndarray, maps: dic
 
 def run_demo(
     out: str | Path = "demo_out",
-    config: str | Path = "configs/phantom.yaml",
+    config: str | Path = "phantom",
     cases: int = 12,
     epochs: int | None = None,
     iters_per_epoch: int | None = None,

@@ -75,3 +75,11 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 def test_overrides(tmp_path: Path) -> None:
     cfg = load_config(CONFIGS / "phantom.yaml", overrides={"train.epochs": 3})
     assert cfg.train.epochs == 3
+
+
+def test_shipped_config_by_name_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    assert load_config("phantom").name == "phantom"
+    assert load_config("configs/synapse.yaml").name == "synapse"
+    with pytest.raises(ConfigError, match="shipped configs: acdc, btcv, phantom, synapse"):
+        load_config("nosuch")

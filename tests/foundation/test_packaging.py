@@ -10,7 +10,7 @@ tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python >= 3.11")
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPED = {"kernels": "tunepp_deploy.kernels", "export": "tunepp_deploy.export",
-          "calibrate": "tunepp_deploy.calibrate", "bench": "tunepp_deploy.bench"}
+          "calibrate": "tunepp_deploy.calibrate", "bench": "tunepp_deploy.bench", "configs": "tunepp_deploy.configs"}
 
 
 def _package_name(folder: Path) -> str:
@@ -32,6 +32,7 @@ def test_every_package_folder_is_listed() -> None:
     assert conf["package-dir"] == {v: k for k, v in MAPPED.items()}
     assert all(name.startswith("tunepp_deploy") for name in listed)  # never a top-level `kernels`
     assert "*.cu" in conf["package-data"]["tunepp_deploy.kernels"]
+    assert "*.yaml" in conf["package-data"]["tunepp_deploy.configs"]
     # the CUDA C sources the cupy backend loads are really there
     assert sorted(p.name for p in (ROOT / "kernels").glob("*.cu"))
 

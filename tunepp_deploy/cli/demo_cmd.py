@@ -16,7 +16,9 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo writes.")] = Path("demo_out"),
     epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs (default: the config's).")] = None,
     cases: Annotated[int, typer.Option(min=3, help="Phantoms to generate (one is held out).")] = 12,
-    config: Annotated[Path, typer.Option("--config", "-c", help="Training config.")] = Path("configs/phantom.yaml"),
+    config: Annotated[Path, typer.Option("--config", "-c", help="Training config (a file or a shipped name).")] = Path(
+        "phantom"
+    ),
     iters_per_epoch: Annotated[int | None, typer.Option(min=1, help="Override train.iters_per_epoch.")] = None,
     samples: Annotated[int, typer.Option(min=1, help="MC samples.")] = 25,
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,31 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> TuneppConf
         raise ConfigError(_format_validation(e, source)) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TuneppConfig:
-    """Read ``path`` and validate it; ``overrides`` maps dotted keys to values (``train.epochs``)."""
+def shipped_configs() -> list[str]:
+    """Names of the configs installed with the package (``synapse``, ``phantom``, ...)."""
+    root = resources.files("tunepp_deploy.configs")
+    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file: an existing path, else a shipped config by name (``phantom`` or ``phantom.yaml``).
+
+    So ``tunepp demo`` and ``tunepp train --config phantom`` work from any folder and from a wheel,
+    where the repository's ``configs/`` folder is not on disk next to the user.
+    """
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+    if p.is_file():
+        return p
+    name = p.name[: -len(".yaml")] if p.name.endswith(".yaml") else p.name
+    if p.parent in (Path("."), Path("configs")) and name in shipped_configs():
+        return Path(str(resources.files("tunepp_deploy.configs") / f"{name}.yaml"))
+    raise ConfigError(f"config file not found: {p} (shipped configs: {', '.join(shipped_configs())})")
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TuneppConfig:
+    """Read ``path`` (or a shipped config's name) and validate it; ``overrides`` maps dotted keys to
+    values (``train.epochs``)."""
+    p = resolve_config_path(path)
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
