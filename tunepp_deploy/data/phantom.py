@@ -186,7 +186,6 @@ def write_phantom_dataset(
     Also writes ``dataset.json`` (classes, spacing, case list, and each case's designed Betti
     numbers per label). Case ``i`` depends only on ``(seed, i)`` so a dataset can be extended.
     """
-    import nibabel as nib
     from rich.progress import track
 
     out = Path(out)
@@ -202,17 +201,22 @@ def write_phantom_dataset(
     it = range(cases)
     for i in track(it, description="phantoms", disable=not progress):
         rng = np.random.default_rng([seed, i])
-        case = generate_case(rng, shape=shape, spacing=spacing)
         name = f"phantom_{i:03d}"
-        for arr, sub, fname in (
-            (case.image, "imagesTr", f"{name}_0000.nii.gz"),
-            (case.labels, "labelsTr", f"{name}.nii.gz"),
-        ):
-            img = nib.Nifti1Image(arr, case.affine)
-            img.header.set_xyzt_units("mm")
-            img.set_qform(case.affine, code=1)
-            img.set_sform(case.affine, code=1)
-            write_atomic(out / sub / fname, lambda t, img=img: nib.save(img, str(t)), suffix=".nii.gz")
-        meta["cases"][name] = {"betti": {k: list(v) for k, v in case.betti.items()}}  # type: ignore[index]
+        write_case(out, name, generate_case(rng, shape=shape, spacing=spacing), meta)
     write_atomic(out / "dataset.json", lambda t: t.write_text(json.dumps(meta, indent=2)))
     return out
+
+
+def write_case(out: Path, name: str, case: PhantomCase, meta: dict[str, object]) -> None:
+    """Write one case as ``imagesTr/NAME_0000.nii.gz`` + ``labelsTr/NAME.nii.gz`` (mm units, q/sform
+    code 1) and record its designed Betti numbers under ``meta["cases"][NAME]``."""
+    import nibabel as nib
+
+    files = ((case.image, "imagesTr", f"{name}_0000.nii.gz"), (case.labels, "labelsTr", f"{name}.nii.gz"))
+    for arr, sub, fname in files:
+        img = nib.Nifti1Image(arr, case.affine)
+        img.header.set_xyzt_units("mm")
+        img.set_qform(case.affine, code=1)
+        img.set_sform(case.affine, code=1)
+        write_atomic(out / sub / fname, lambda t, img=img: nib.save(img, str(t)), suffix=".nii.gz")
+    meta["cases"][name] = {"betti": {k: list(v) for k, v in case.betti.items()}}  # type: ignore[index]

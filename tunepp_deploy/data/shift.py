@@ -19,12 +19,18 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from tunepp_deploy.data.nifti import write_atomic
-from tunepp_deploy.data.phantom import DEFAULT_SHAPE, DEFAULT_SPACING, PHANTOM_CLASSES, PhantomCase, generate_case
+from tunepp_deploy.data.phantom import (
+    DEFAULT_SHAPE,
+    DEFAULT_SPACING,
+    PHANTOM_CLASSES,
+    PhantomCase,
+    generate_case,
+    write_case,
+)
 from tunepp_deploy.kernels import betti_per_label
 
 SHIFTS = ("noise", "intensity", "shape")
@@ -97,15 +103,7 @@ def write_shifted_dataset(
     for i in range(cases):
         rng = np.random.default_rng([seed, i])
         case = apply_shift(generate_case(rng, shape=shape, spacing=spacing), shift, rng, strength)
-        name = f"{shift}_{i:03d}"
-        for arr, sub, fname in ((case.image, "imagesTr", f"{name}_0000.nii.gz"),
-                                (case.labels, "labelsTr", f"{name}.nii.gz")):
-            img = nib.Nifti1Image(arr, case.affine)
-            img.header.set_xyzt_units("mm")
-            img.set_qform(case.affine, code=1)
-            img.set_sform(case.affine, code=1)
-            write_atomic(out / sub / fname, lambda t, im=img: nib.save(im, str(t)), suffix=".nii.gz")
-        meta["cases"][name] = {"betti": {k: list(v) for k, v in case.betti.items()}}  # type: ignore[index]
+        write_case(out, f"{shift}_{i:03d}", case, meta)
     write_atomic(out / "dataset.json", lambda t: t.write_text(json.dumps(meta, indent=2)))
     return out
 
