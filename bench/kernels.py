@@ -225,17 +225,28 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
-    groups = sorted({(r["size"], r["kernel"]) for r in rows}, key=lambda g: (g[1], g[0]))
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 4), squeeze=False)
-    for ax, (size, kernel) in zip(axes[0], groups, strict=True):
-        rs = [r for r in rows if r["size"] == size and r["kernel"] == kernel]
-        ax.barh([r["impl"] for r in rs], [r["seconds"] for r in rs],
-                color=["tab:orange" if r["impl"].startswith("tunepp") else "tab:gray" for r in rs])
-        ax.set_xscale("log")
-        ax.set_title(f"{kernel} {size}", fontsize=9)
-        ax.set_xlabel("seconds (log)")
-        ax.tick_params(labelsize=7)
+    # one row per kernel, one column per size (smallest first), so a reader compares along a row
+    kernels = sorted({r["kernel"] for r in rows})
+    sizes = sorted({r["size"] for r in rows}, key=lambda t: int(np.prod([int(v) for v in t.split("x")])))
+    fig, axes = plt.subplots(len(kernels), len(sizes), figsize=(4.2 * len(sizes), 1.9 * len(kernels)),
+                             squeeze=False)
+    for i, kernel in enumerate(kernels):
+        for j, size in enumerate(sizes):
+            ax = axes[i][j]
+            rs = [r for r in rows if r["size"] == size and r["kernel"] == kernel]
+            if not rs:
+                ax.axis("off")
+                continue
+            ax.barh([r["impl"] for r in rs], [r["seconds"] for r in rs],
+                    color=["tab:orange" if r["impl"].startswith("tunepp") else "tab:gray" for r in rs])
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels overlap on short ranges
+            ax.set_title(f"{kernel} {size}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            if i == len(kernels) - 1:
+                ax.set_xlabel("seconds (log)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
