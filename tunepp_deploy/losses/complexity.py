@@ -89,6 +89,16 @@ def _touching_several(lab: np.ndarray, n: int, other_lab: np.ndarray, n_other: i
     return count >= 2
 
 
+def _enclosed(lab: np.ndarray, n: int, axes: tuple[int, ...]) -> np.ndarray:
+    """Per component id (0..n), True where it touches none of the border faces of ``axes``
+    (id 0, the foreground, is never enclosed)."""
+    faces = [np.take(lab, i, axis=ax).ravel() for ax in axes for i in (0, -1)]
+    inner = np.ones(n + 1, bool)
+    inner[np.unique(np.concatenate(faces))] = False
+    inner[0] = False
+    return inner
+
+
 def _holes(mask: np.ndarray) -> np.ndarray:
     """Holes of ``mask``: 3-D cavities plus 2-D holes of the slices along each axis (6/4-connected).
 
@@ -100,22 +110,7 @@ def _holes(mask: np.ndarray) -> np.ndarray:
     holes = np.zeros(mask.shape, bool)
     lab, n = _components(comp, connectivity=6)
     if n:
-        border = np.unique(
-            np.concatenate(
-                [
-                    lab[0].ravel(),
-                    lab[-1].ravel(),
-                    lab[:, 0].ravel(),
-                    lab[:, -1].ravel(),
-                    lab[:, :, 0].ravel(),
-                    lab[:, :, -1].ravel(),
-                ]
-            )
-        )
-        inner = np.ones(n + 1, bool)
-        inner[border] = False
-        inner[0] = False
-        holes |= inner[lab]
+        holes |= _enclosed(lab, n, axes=(0, 1, 2))[lab]
     for axis in range(3):
         sl = np.moveaxis(comp, axis, 0)
         if sl.shape[1] < 3 or sl.shape[2] < 3:
@@ -125,20 +120,7 @@ def _holes(mask: np.ndarray) -> np.ndarray:
         lab, n = _components(spaced, connectivity=6)
         if not n:
             continue
-        border = np.unique(
-            np.concatenate(
-                [
-                    lab[:, 0].ravel(),
-                    lab[:, -1].ravel(),
-                    lab[:, :, 0].ravel(),
-                    lab[:, :, -1].ravel(),
-                ]
-            )
-        )
-        inner = np.ones(n + 1, bool)
-        inner[border] = False
-        inner[0] = False
-        holes |= np.moveaxis(inner[lab[::2]], 0, axis)
+        holes |= np.moveaxis(_enclosed(lab, n, axes=(1, 2))[lab[::2]], 0, axis)
     return holes
 
 
