@@ -22,6 +22,12 @@ import torch
 from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.export.metadata import ModelMeta
 
+#: Row cap per call on a CPU. Large calls thrash the caches: on the 2-core CI box, MC-25 of a
+#: 64x64x48 phantom (8 windows) took 12.4 s with 7 windows x 25 samples = 175 rows per call and
+#: 8.6 s with 25 rows per call (torch, 2 threads; `tunepp bench --max-batch 8` vs `1`). The trunk is
+#: still run once per window as long as one window's S samples fit in the cap.
+CPU_ROWS_PER_CALL = 32
+
 
 class Runner(ABC):
     """One loaded model on one backend. Use as a context manager or call :meth:`close`."""
@@ -35,8 +41,9 @@ class Runner(ABC):
 
     @property
     def max_rows(self) -> int | None:
-        """Most rows one call accepts (a TensorRT profile's maximum), or None for no limit."""
-        return None
+        """Most rows one call should take: a TensorRT profile's maximum (overridden there), on a CPU
+        :data:`CPU_ROWS_PER_CALL`, else None (the memory budget alone decides)."""
+        return CPU_ROWS_PER_CALL if self.device.type == "cpu" else None
 
     def describe(self) -> str:
         """One line for reports: backend, device and precision."""
