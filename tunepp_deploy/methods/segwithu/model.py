@@ -61,7 +61,10 @@ def load_segwithu(path: str | Path) -> tuple[SegWithU, TuneppConfig]:
     p = Path(path)
     if not p.is_file():
         raise ModelMismatchError(f"{p}: SegWithU checkpoint not found")
-    ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt or foreign files
+        raise ModelMismatchError(f"{p}: not a SegWithU head checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("method") != CHECKPOINT_METHOD:
         raise ModelMismatchError(f"{p}: not a SegWithU head checkpoint (train one with `tunepp train-head`)")
     cfg = config_from_dict(ckpt["config"], str(p))

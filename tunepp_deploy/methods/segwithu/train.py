@@ -23,7 +23,6 @@ from tunepp_deploy.methods.segwithu.head import DEFAULT_RANK, DEFAULT_WIDTH
 from tunepp_deploy.methods.segwithu.losses import segwithu_loss
 from tunepp_deploy.methods.segwithu.model import SegWithU, save_segwithu
 from tunepp_deploy.model import TUNEPP
-from tunepp_deploy.train.checkpoint import checkpoint_config, load_weights, read_checkpoint
 
 LR, LR_END, GRAD_CLIP = 1e-3, 3e-4, 12.0
 
@@ -68,13 +67,9 @@ def train_head(backbone: TUNEPP, cfg: TuneppConfig, cases: list[LoadedCase], set
 
 def load_backbone(path: str | Path) -> tuple[TUNEPP, TuneppConfig]:
     """A TUNE++ checkpoint (``tunepp train``'s best.pt) as an eval-mode network and its config."""
-    from tunepp_deploy.model import build_network
+    from tunepp_deploy.export.onnx_export import load_checkpoint_network
 
-    ckpt = read_checkpoint(path)
-    cfg = checkpoint_config(ckpt, str(path))
-    net = build_network(cfg)
-    load_weights(net, ckpt, str(path))
-    return net.eval(), cfg
+    return load_checkpoint_network(path)
 
 
 def train_head_from_paths(backbone: Path, data: Path, out: Path, settings: HeadSettings) -> tuple[Path, HeadRun]:
