@@ -30,5 +30,7 @@ def train(
                        resume=resume, console=console)
     if res.interrupted:
         raise typer.Exit(130)
+    if res.rank != 0:  # other torchrun ranks neither validate nor write: rank 0 reports
+        return
     console.print(f"done in {res.seconds:.0f} s: best validation mean Dice {res.best_dice:.4f} at epoch "
                   f"{res.best_epoch}; checkpoints in [bold]{res.out_dir}[/] (best.pt, last.pt)")

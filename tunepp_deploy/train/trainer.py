@@ -58,6 +58,7 @@ class TrainResult:
     best_epoch: int
     seconds: float
     interrupted: bool = False
+    rank: int = 0  # torchrun rank; only rank 0 validates, writes and reports
 
 
 def _seed_everything(seed: int) -> None:
@@ -286,8 +287,8 @@ def train(
         save_last(epoch)
         if is_main:
             console.print(f"[yellow]interrupted: saved {last_path} (epoch {epoch}); continue with --resume")
-        return TrainResult(out, epoch, best_dice, best_epoch, time.perf_counter() - t0, interrupted=True)
+        return TrainResult(out, epoch, best_dice, best_epoch, time.perf_counter() - t0, interrupted=True, rank=rank)
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
-    return TrainResult(out, tc.epochs, best_dice, best_epoch, time.perf_counter() - t0)
+    return TrainResult(out, tc.epochs, best_dice, best_epoch, time.perf_counter() - t0, rank=rank)
