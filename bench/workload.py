@@ -112,17 +112,24 @@ def _finish(maps: UncertaintyMaps, scan: Scan, classes: list[str], device: torch
     return end
 
 
+def _preprocess(scan: Scan, meta, device: torch.device, stages: dict[str, float]) -> tuple[torch.Tensor, float, float]:
+    """Resample + normalise the scan onto ``device`` as inference does, recording the ``preprocess``
+    stage; returns ``(x, start, end)`` clock readings for the caller's later stages."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    pre = preprocess_image(scan.hu, scan.spacing, meta.spacing, meta.intensity)
+    x = torch.from_numpy(pre)[None].to(device)
+    synchronize(device)
+    t1 = time.perf_counter()
+    stages["preprocess"] = t1 - t0
+    return x, t0, t1
+
+
 def run_engine(runner: Runner, scan: Scan, masks: SampleMasks, mc: MCSettings) -> RunResult:
     """The MC engine end to end on ``runner`` (module docstring), timed per stage."""
     meta, dev = runner.meta, runner.device
     stages: dict[str, float] = {}
-    synchronize(dev)
-    t0 = time.perf_counter()
-    pre = preprocess_image(scan.hu, scan.spacing, meta.spacing, meta.intensity)
-    x = torch.from_numpy(pre)[None].to(dev)
-    synchronize(dev)
-    t1 = time.perf_counter()
-    stages["preprocess"] = t1 - t0
+    x, t0, t1 = _preprocess(scan, meta, dev, stages)
 
     timed = TimedRunner(runner)
     last = [t1]
@@ -160,13 +167,7 @@ def run_naive(forward: EagerForward, scan: Scan, masks: SampleMasks, mc: MCSetti
     """The seed's loop: S full sliding-window passes, one sample each (module docstring)."""
     meta, dev = forward.meta, forward.device
     stages: dict[str, float] = {}
-    synchronize(dev)
-    t0 = time.perf_counter()
-    pre = preprocess_image(scan.hu, scan.spacing, meta.spacing, meta.intensity)
-    x = torch.from_numpy(pre)[None].to(dev)
-    synchronize(dev)
-    t1 = time.perf_counter()
-    stages["preprocess"] = t1 - t0
+    x, t0, t1 = _preprocess(scan, meta, dev, stages)
 
     timed = TimedRunner(forward)
     batch = plan_calls(meta, 1, mc.max_batch, mc.memory_gb, None).windows_per_call
