@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tunepp_deploy.export.metadata import ModelMeta
 
 from tunepp_deploy.data.preprocess import preprocess_image
 from tunepp_deploy.infer.masks import SampleMasks
@@ -112,7 +113,9 @@ def _finish(maps: UncertaintyMaps, scan: Scan, classes: list[str], device: torch
     return end
 
 
-def _preprocess(scan: Scan, meta, device: torch.device, stages: dict[str, float]) -> tuple[torch.Tensor, float, float]:
+def _preprocess(
+    scan: Scan, meta: ModelMeta, device: torch.device, stages: dict[str, float]
+) -> tuple[torch.Tensor, float, float]:
     """Resample + normalise the scan onto ``device`` as inference does, recording the ``preprocess``
     stage; returns ``(x, start, end)`` clock readings for the caller's later stages."""
     synchronize(device)
