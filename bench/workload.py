@@ -33,7 +33,7 @@ from tunepp_deploy.export.metadata import ModelMeta
 from tunepp_deploy.data.preprocess import preprocess_image
 from tunepp_deploy.infer.masks import SampleMasks
 from tunepp_deploy.infer.mc import MCSettings, mc_predict, plan_calls
-from tunepp_deploy.infer.pipeline import DEFAULT_FLAG_THRESHOLD, _to_input_grid
+from tunepp_deploy.infer.pipeline import DEFAULT_FLAG_THRESHOLD, to_input_grid
 from tunepp_deploy.infer.report import build_report
 from tunepp_deploy.infer.runners.base import Runner
 from tunepp_deploy.infer.sliding_window import count_windows, sliding_window
@@ -103,7 +103,7 @@ def preprocessed_shape(scan: Scan, runner_meta_spacing: Sequence[float]) -> tupl
 def _finish(maps: UncertaintyMaps, scan: Scan, classes: list[str], device: torch.device,
             stages: dict[str, float], t: float) -> float:
     """Resample to the input grid and build the report, adding both stages; returns the clock."""
-    seg, host_maps = _to_input_grid(maps, scan.hu.shape)
+    seg, host_maps = to_input_grid(maps, scan.hu.shape)
     now = time.perf_counter()
     stages["resample_to_input"] = now - t
     build_report(seg, {k: host_maps[k] for k in REPORT_MAPS}, classes, scan.spacing, scan.affine,

@@ -17,12 +17,11 @@ Outputs of case ``NAME`` (the input's affine and header geometry, via ``save_vol
 Every file is written to a temporary name and renamed, so a crash never leaves a truncated file;
 a case whose report exists is skipped on the next run (unless ``overwrite``), one whose report is
 missing is redone, and a failing case has its partial outputs removed, is reported, and the batch
-goes on.
+goes on — the loop over cases is :mod:`tunepp_deploy.infer.batch`, shared with the other methods.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,10 +32,18 @@ import numpy as np
 import torch
 
 from tunepp_deploy import __version__
-from tunepp_deploy.data.layout import case_name, list_images
-from tunepp_deploy.data.nifti import load_volume, save_volume, write_atomic
+from tunepp_deploy.data.layout import case_name
+from tunepp_deploy.data.nifti import load_volume, save_volume
 from tunepp_deploy.data.preprocess import preprocess_image, resample_tensor
-from tunepp_deploy.errors import DataError, TuneppError
+from tunepp_deploy.infer.batch import (
+    BatchResult,
+    CaseCallback,
+    case_outputs,
+    check_output_dir,
+    report_path,
+    run_batch,
+    write_report,
+)
 from tunepp_deploy.infer.masks import SampleMasks, sample_masks
 from tunepp_deploy.infer.mc import MCSettings, mc_predict
 from tunepp_deploy.infer.report import build_report
@@ -58,40 +65,20 @@ class InferOptions:
     flag_threshold: float = DEFAULT_FLAG_THRESHOLD
 
 
-@dataclass
-class BatchResult:
-    """Outcome of a batch: names done, skipped (already complete) and failed (with the message)."""
-
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    reports: dict[str, Path] = field(default_factory=dict)
-
-
 def output_paths(out_dir: Path, name: str) -> dict[str, Path]:
     """The files case ``name`` produces (``seg``, the three maps, ``report``)."""
     paths = {"seg": out_dir / f"{name}_seg.nii.gz"}
     paths.update({m: out_dir / f"{name}_{m}.nii.gz" for m in MAP_NAMES})
-    paths["report"] = out_dir / f"{name}_report.json"
+    paths["report"] = report_path(out_dir, name)
     return paths
 
 
-def check_output_dir(out_dir: Path) -> None:
-    """Create ``out_dir`` and prove it is writable before any work is done (one-line error)."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"{out_dir}: cannot create output folder ({e.strerror or e})") from None
-    probe = out_dir / ".tunepp_write_test"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise DataError(f"{out_dir}: output folder is not writable ({e.strerror or e})") from None
+def to_input_grid(maps: UncertaintyMaps, shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Resample all maps to the input grid at once; labels = argmax of the resampled probabilities.
 
-
-def _to_input_grid(maps: UncertaintyMaps, shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Resample all maps to the input grid at once; labels = argmax of the resampled probabilities."""
+    Resampling the probabilities (not the labels) gives smoother boundaries; ``total`` is re-summed
+    after clamping so ``total = aleatoric + epistemic`` holds exactly in the written maps.
+    """
     stacked = resample_tensor(maps.stacked()[None].float(), shape)[0]
     back = UncertaintyMaps.unstack(stacked)
     seg = back.mean_probs.argmax(0).to(torch.uint8)
@@ -133,13 +120,12 @@ def infer_case(
     lap("preprocess")
     result = mc_predict(x, runner, masks, opts.mc, progress=progress)
     lap("mc_inference")
-    seg, maps = _to_input_grid(result.maps, vol.shape)
+    seg, maps = to_input_grid(result.maps, vol.shape)
     lap("resample_to_input")
     report_maps = {k: maps[k] for k in ("total", "epistemic", "aleatoric", "mutual_information", "predictive_entropy")}
     body = build_report(seg, report_maps, meta.classes, vol.spacing, vol.affine, opts.flag_threshold)
     lap("report")
-    written: list[Path] = []
-    try:
+    with case_outputs() as written:
         written.append(save_volume(seg, vol, paths["seg"], dtype=np.uint8))
         for m in MAP_NAMES:
             written.append(save_volume(maps[m], vol, paths[m], dtype=np.float32))
@@ -170,12 +156,7 @@ def infer_case(
             **body,
             "timing_s": timing,
         }
-        text = json.dumps(report, indent=2)
-        write_atomic(paths["report"], lambda tmp: tmp.write_text(text))
-    except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise
+        write_report(paths["report"], report)
     return paths["report"]
 
 
@@ -184,49 +165,18 @@ def infer_paths(
     out_dir: Path,
     runner: Runner,
     opts: InferOptions,
-    on_case: Callable[[str, str, str], None] | None = None,
+    on_case: CaseCallback | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> BatchResult:
     """Run every scan under ``inputs`` (a file or a folder), resuming and isolating failures.
 
-    ``on_case(name, status, message)`` is called after each case (status: done, skipped, failed).
-    A single-file input re-raises its error (the CLI prints one line and exits 2).
+    The loop is :func:`tunepp_deploy.infer.batch.run_batch` (shared with the other methods):
+    ``on_case(name, status, message)`` is called after each case (status: done, skipped, failed); a
+    single-file input re-raises its error (the CLI prints one line and exits 2).
     """
-    images = list_images(inputs)
-    check_output_dir(out_dir)
-    meta = runner.meta
-    masks = sample_masks(meta.sites, meta.window, opts.mc.samples, opts.mc.seed)
-    res = BatchResult()
-    single = Path(inputs).is_file()
-    for image in images:
-        name = case_name(image)
-        paths = output_paths(out_dir, name)
-        if paths["report"].exists() and not opts.overwrite:
-            res.skipped.append(name)
-            if on_case:
-                on_case(name, "skipped", "report exists")
-            continue
-        try:
-            res.reports[name] = infer_case(image, out_dir, runner, masks, opts, progress)
-        except TuneppError as e:
-            if single:
-                raise
-            res.failed.append((name, str(e)))
-            if on_case:
-                on_case(name, "failed", str(e))
-            continue
-        except (RuntimeError, ValueError, MemoryError) as e:  # a backend failure on one case: isolate it
-            if single:
-                raise TuneppError(f"{image}: inference failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
-                    from None
-            res.failed.append((name, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
-            if on_case:
-                on_case(name, "failed", res.failed[-1][1])
-            continue
-        res.done.append(name)
-        if on_case:
-            on_case(name, "done", str(res.reports[name]))
-    return res
+    masks = sample_masks(runner.meta.sites, runner.meta.window, opts.mc.samples, opts.mc.seed)
+    return run_batch(inputs, out_dir, lambda image: infer_case(image, out_dir, runner, masks, opts, progress),
+                     opts.overwrite, on_case)
 
 
 __all__ = [
@@ -238,4 +188,5 @@ __all__ = [
     "infer_case",
     "infer_paths",
     "output_paths",
+    "to_input_grid",
 ]
