@@ -2,11 +2,23 @@
 Uncertainty Calibration in Medical Image Segmentation").
 
 Modules: ``gradcam`` (Seg-Grad-CAM, 2D/3D), ``fusion`` (saliency variance, fusion, foreground ECE),
+``volume`` (whole 3D scans: per-sample stitched softmax and Grad-CAM, the 3D row of ``tunepp compare``),
 ``phantom2d`` (2D slices of the phantoms), ``isic`` (ISIC 2018 folder reader), ``experiment`` (the
-seed's comparison). The 2D network is :mod:`tunepp_deploy.methods.unet2d`.
+seed's 2D comparison). The 2D network is :mod:`tunepp_deploy.methods.unet2d`.
 """
 
 from tunepp_deploy.methods.saliency.fusion import fuse, mc_saliency, saliency_variance, uncertainty_calibration
 from tunepp_deploy.methods.saliency.gradcam import seg_grad_cam, segmentation_score
+from tunepp_deploy.methods.saliency.volume import VolumeSaliency, resolve_target, volume_saliency
 
-__all__ = ["fuse", "mc_saliency", "saliency_variance", "seg_grad_cam", "segmentation_score", "uncertainty_calibration"]
+__all__ = [
+    "VolumeSaliency",
+    "fuse",
+    "mc_saliency",
+    "resolve_target",
+    "saliency_variance",
+    "seg_grad_cam",
+    "segmentation_score",
+    "uncertainty_calibration",
+    "volume_saliency",
+]
