@@ -29,6 +29,8 @@ from tunepp_deploy.errors import DataError, TuneppError
 
 #: ``on_case(name, status, message)`` with status ``done``, ``skipped`` or ``failed``.
 CaseCallback = Callable[[str, str, str], None]
+#: ``progress(done, total)``: units of work (windows x samples) completed in the current case.
+WindowProgress = Callable[[int, int], None]
 #: Failures of a backend on one case that are isolated rather than ending the batch (ONNX Runtime's own
 #: exception classes are wrapped into RuntimeError by the runners).
 CASE_FAILURES = (RuntimeError, ValueError, MemoryError)
@@ -137,6 +139,7 @@ __all__ = [
     "CASE_FAILURES",
     "BatchResult",
     "CaseCallback",
+    "WindowProgress",
     "case_outputs",
     "check_output_dir",
     "report_path",

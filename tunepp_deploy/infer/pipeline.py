@@ -131,7 +131,7 @@ def infer_case(
             written.append(save_volume(maps[m], vol, paths[m], dtype=np.float32))
         lap("write")
         report: dict[str, Any] = {
-            "case": name,
+            "name": name,
             "input": str(image),
             "input_shape": list(vol.shape),
             "input_spacing": list(vol.spacing),

@@ -25,6 +25,27 @@ def ort_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def make_session(model: str | bytes, device: torch.device, threads: int | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime session on ``device`` (CUDA provider first on a GPU), ``threads`` intra-op threads.
+
+    Shared by every method's ONNX backend so provider choice and load errors (one line) are the same.
+    """
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort_providers():
+            raise TuneppError("--device cuda with --backend ort needs onnxruntime-gpu (CUDAExecutionProvider)")
+        providers: list = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    try:
+        return ort.InferenceSession(model, opts, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception classes
+        raise TuneppError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0][:200]}") from None
+
+
 class OrtRunner(Runner):
     """Runs an ONNX model (path or serialized bytes) on ONNX Runtime."""
 
@@ -32,20 +53,7 @@ class OrtRunner(Runner):
 
     def __init__(self, model: str | bytes, meta: ModelMeta, device: torch.device, threads: int | None = None) -> None:
         super().__init__(meta, device)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        if device.type == "cuda":
-            if "CUDAExecutionProvider" not in ort_providers():
-                raise TuneppError("--device cuda with --backend ort needs onnxruntime-gpu (CUDAExecutionProvider)")
-            providers: list = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
-        try:
-            self.session = ort.InferenceSession(model, opts, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception classes
-            raise TuneppError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0][:200]}") from None
+        self.session = make_session(model, device, threads)
         self.mask_names = meta.mask_names
 
     def describe(self) -> str:
@@ -77,4 +85,4 @@ class OrtRunner(Runner):
         return outs[0], outs[1]
 
 
-__all__ = ["OrtRunner", "ort_providers"]
+__all__ = ["OrtRunner", "make_session", "ort_providers"]

@@ -6,6 +6,11 @@ windows; S samples = S calls with S noise sets from :func:`.noise.sample_weight_
 is in the graph (checked), so ONNX Runtime cannot optimise the sampling away and runs reproduce
 from the seed. The TorchScript exporter is enough here (plain convolutions, no token reshapes) and
 is an order of magnitude faster than the dynamo exporter.
+
+**Self-describing file.** :func:`export_variational_checkpoint` (``tunepp export onnx`` on a
+variational checkpoint) stores the training config (spacing, normalisation, classes, inference
+defaults) and the network settings in the metadata props, next to ``tunepp_method`` and ``window``,
+so ``tunepp infer`` needs nothing but the ONNX file; :func:`read_variational_props` parses them back.
 """
 
 from __future__ import annotations
@@ -13,18 +18,29 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
 from torch import Tensor, nn
 
+from tunepp_deploy import __version__
+from tunepp_deploy.config.load import config_from_dict, config_to_dict
+from tunepp_deploy.config.schema import TuneppConfig
 from tunepp_deploy.data.nifti import write_atomic
-from tunepp_deploy.errors import TuneppError
+from tunepp_deploy.errors import ConfigError, ModelMismatchError, TuneppError
 from tunepp_deploy.methods.variational.base import BayesianSegNet
+from tunepp_deploy.methods.variational.train import load_variational
 
+#: Version of the metadata contract below; a file of another version is refused (re-export it).
+EXPORT_FORMAT = 1
+#: Opset of ``tunepp export onnx`` for variational networks when none is given.
+DEFAULT_OPSET = 17
 #: Ops that would make sampling backend-dependent (or let an optimiser remove it).
 RANDOM_OPS = frozenset({"Dropout", "RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike",
                         "Bernoulli", "Multinomial"})
@@ -40,7 +56,13 @@ class _SampleGraph(nn.Module):
 
 
 def noise_input_names(net: BayesianSegNet) -> list[str]:
-    return [f"eps_{i}" for i in range(len(net.bayes_layers()))]
+    """Graph input name of each Bayesian layer's noise, in :meth:`BayesianSegNet.bayes_layers` order."""
+    return noise_names(len(net.bayes_layers()))
+
+
+def noise_names(n: int) -> list[str]:
+    """``eps_0 .. eps_{n-1}`` (also how a loaded graph's noise inputs are found without the network)."""
+    return [f"eps_{i}" for i in range(n)]
 
 
 def export_variational(
@@ -74,4 +96,69 @@ def export_variational(
     return p
 
 
-__all__ = ["RANDOM_OPS", "export_variational", "noise_input_names"]
+@dataclass(frozen=True)
+class VariationalExport:
+    """What :func:`export_variational_checkpoint` wrote."""
+
+    path: Path
+    seconds: float
+    arch: str
+    window: tuple[int, ...]
+    noise_inputs: int
+    opset: int
+
+
+def variational_props(cfg: TuneppConfig, settings: Mapping[str, Any]) -> dict[str, object]:
+    """The metadata that makes an exported graph enough for inference (module docstring)."""
+    return {"format": str(EXPORT_FORMAT), "tunepp_version": __version__, "config": config_to_dict(cfg),
+            "settings": dict(settings)}
+
+
+def read_variational_props(
+    props: Mapping[str, str], source: str
+) -> tuple[TuneppConfig, dict[str, Any], tuple[int, ...]]:
+    """``(config, settings, window)`` from a variational graph's metadata; anything else is one line."""
+    if props.get("tunepp_method") != "variational":
+        raise ModelMismatchError(f"{source}: not a variational-method ONNX file")
+    if props.get("format") != str(EXPORT_FORMAT) or "config" not in props:
+        raise ModelMismatchError(
+            f"{source}: variational export format {props.get('format')} (this tunepp reads {EXPORT_FORMAT}); "
+            "re-export it with `tunepp export onnx`")
+    try:
+        cfg = config_from_dict(json.loads(props["config"]), f"{source} metadata")
+        settings = dict(json.loads(props["settings"]))
+        window = tuple(int(w) for w in json.loads(props["window"]))
+    except ConfigError as e:
+        raise ModelMismatchError(str(e)) from None
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelMismatchError(f"{source}: corrupt variational metadata ({type(e).__name__}: {e})") from None
+    return cfg, settings, window
+
+
+def export_variational_checkpoint(
+    checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OPSET
+) -> VariationalExport:
+    """``tunepp export onnx`` for a ``tunepp train-vi`` checkpoint: the sampling graph at the config's window."""
+    p = Path(out)
+    if not p.name.endswith(".onnx"):
+        raise TuneppError(f"{p}: output name must end in .onnx")
+    t0 = time.perf_counter()
+    net, cfg, settings = load_variational(checkpoint)
+    window = tuple(cfg.window)
+    export_variational(net, window, p, variational_props(cfg, settings), opset)
+    return VariationalExport(p, time.perf_counter() - t0, str(settings["arch"]), window, len(net.bayes_layers()),
+                             opset)
+
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "EXPORT_FORMAT",
+    "RANDOM_OPS",
+    "VariationalExport",
+    "export_variational",
+    "export_variational_checkpoint",
+    "noise_input_names",
+    "noise_names",
+    "read_variational_props",
+    "variational_props",
+]

@@ -5,11 +5,16 @@ halves every 50 epochs). Crops come from :class:`tunepp_deploy.data.dataset.Crop
 config's crop size and augmentation, so every method in a comparison sees the same kind of batches.
 Checkpoints are plain dicts (``torch.load(weights_only=True)``) carrying the config, so inference
 preprocesses a new scan exactly like training did.
+
+:func:`train_variational_from_paths` is ``tunepp train-vi``: the training split of a dataset folder
+(the seeded split ``tunepp train`` and ``tunepp compare`` use, so the held-out cases are the same),
+training, validation Dice on the held-out split (:mod:`.validate`) and ``OUT/vi_<arch>.pt``, written
+atomically and never over an existing file unless asked: a finished model is the expensive thing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,14 +25,18 @@ from torch.utils.data import DataLoader
 
 from tunepp_deploy.config.load import config_from_dict, config_to_dict
 from tunepp_deploy.config.schema import TuneppConfig
-from tunepp_deploy.data.dataset import CropDataset, LoadedCase
+from tunepp_deploy.data.dataset import CropDataset, LoadedCase, load_case, split_cases
+from tunepp_deploy.data.layout import find_cases
 from tunepp_deploy.data.nifti import write_atomic
-from tunepp_deploy.errors import ModelMismatchError
+from tunepp_deploy.errors import ConfigError, DataError, ModelMismatchError, TuneppError
 from tunepp_deploy.methods.variational.base import BayesianSegNet
-from tunepp_deploy.methods.variational.build import DEFAULT_WIDTHS, build_variational
+from tunepp_deploy.methods.variational.build import ARCHS, DEFAULT_WIDTHS, build_variational
 from tunepp_deploy.methods.variational.elbo import KLScale, elbo_loss
+from tunepp_deploy.methods.variational.validate import validation_dice
 
 CHECKPOINT_METHOD = "variational"
+#: ``progress(iteration, parts)`` after each step: 1-based iteration, ``{"loss", "dice_loss", "ce", "kl"}``.
+TrainProgress = Callable[[int, dict[str, float]], None]
 
 
 @dataclass
@@ -51,7 +60,9 @@ class VariationalRun:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def train_variational(cfg: TuneppConfig, cases: list[LoadedCase], settings: VariationalSettings) -> VariationalRun:
+def train_variational(
+    cfg: TuneppConfig, cases: list[LoadedCase], settings: VariationalSettings, progress: TrainProgress | None = None
+) -> VariationalRun:
     """Fit ``settings.arch`` on random crops of ``cases`` for ``settings.iters`` Adam steps (CPU)."""
     torch.manual_seed(settings.seed)
     net = build_variational(settings.arch, cfg.model.in_channels, cfg.data.num_classes, settings.widths)
@@ -70,15 +81,18 @@ def train_variational(cfg: TuneppConfig, cases: list[LoadedCase], settings: Vari
         opt.step()
         sched.step()
         history.append({"loss": float(loss.detach()), **parts})
+        if progress is not None:
+            progress(len(history), history[-1])
     net.eval()
     return VariationalRun(net, settings, history)
 
 
-def save_variational(path: str | Path, run: VariationalRun, cfg: TuneppConfig) -> Path:
+def save_variational(path: str | Path, run: VariationalRun, cfg: TuneppConfig, **extra: Any) -> Path:
+    """Write the network, its settings and ``cfg`` (plus JSON-like ``extra``) atomically."""
     s = asdict(run.settings)
     s["widths"] = list(s["widths"])
     state = {"format": 1, "method": CHECKPOINT_METHOD, "settings": s, "config": config_to_dict(cfg),
-             "state_dict": {k: v.detach().cpu() for k, v in run.net.state_dict().items()}}
+             "state_dict": {k: v.detach().cpu() for k, v in run.net.state_dict().items()}, **extra}
     p = Path(path)
     write_atomic(p, lambda t: torch.save(state, t))
     return p
@@ -86,14 +100,72 @@ def save_variational(path: str | Path, run: VariationalRun, cfg: TuneppConfig) -
 
 def load_variational(path: str | Path) -> tuple[BayesianSegNet, TuneppConfig, dict[str, Any]]:
     """``(net in eval mode, config, settings dict)``; refuses other checkpoints in one line."""
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    p = Path(path)
+    if not p.is_file():
+        raise TuneppError(f"{p}: checkpoint not found")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt or foreign files
+        raise ModelMismatchError(f"{p}: not a variational-method checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("method") != CHECKPOINT_METHOD:
-        raise ModelMismatchError(f"{path}: not a variational-method checkpoint")
-    cfg = config_from_dict(ckpt["config"], str(path))
+        raise ModelMismatchError(f"{p}: not a variational-method checkpoint (train one with `tunepp train-vi`)")
+    cfg = config_from_dict(ckpt["config"], str(p))
     s = ckpt["settings"]
     net = build_variational(s["arch"], cfg.model.in_channels, cfg.data.num_classes, s["widths"])
-    net.load_state_dict(ckpt["state_dict"])
+    try:
+        net.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise ModelMismatchError(f"{p}: weights do not fit a {s['arch']} of widths {s['widths']} "
+                                 f"({str(e).splitlines()[0][:160]})") from None
     return net.eval(), cfg, s
 
 
-__all__ = ["VariationalRun", "VariationalSettings", "load_variational", "save_variational", "train_variational"]
+@dataclass
+class TrainedVariational:
+    """What :func:`train_variational_from_paths` produced."""
+
+    path: Path
+    run: VariationalRun
+    validation: dict[str, Any]
+    train_cases: list[str]
+    val_cases: list[str]
+
+
+def checkpoint_path(out: Path, arch: str) -> Path:
+    """``OUT/vi_<arch>.pt``."""
+    return out / f"vi_{arch}.pt"
+
+
+def train_variational_from_paths(
+    cfg: TuneppConfig, data: Path, out: Path, settings: VariationalSettings, overwrite: bool = False,
+    progress: TrainProgress | None = None,
+) -> TrainedVariational:
+    """``tunepp train-vi`` (module docstring). Refuses an existing checkpoint before any work."""
+    path = checkpoint_path(out, settings.arch)
+    if path.exists() and not overwrite:
+        raise TuneppError(f"{path}: exists; pass --overwrite to replace it")
+    if settings.arch not in ARCHS:
+        raise ConfigError(f"unknown variational backbone {settings.arch!r} (use {', '.join(ARCHS)})")
+    if not Path(data).is_dir():
+        raise DataError(f"{data}: dataset folder not found")
+    train_paths, val_paths = split_cases(find_cases(data, cfg.data.layout), cfg.data.val_fraction, cfg.train.seed)
+    train_cases = [load_case(c, cfg.data) for c in train_paths]
+    run = train_variational(cfg, train_cases, settings, progress)
+    val = validation_dice(run.net, cfg, [load_case(c, cfg.data) for c in val_paths])
+    save_variational(path, run, cfg, validation=val, split={"train": [c.name for c in train_paths],
+                                                            "val": [c.name for c in val_paths]},
+                     history_tail=run.history[-10:])
+    return TrainedVariational(path, run, val, [c.name for c in train_paths], [c.name for c in val_paths])
+
+
+__all__ = [
+    "TrainProgress",
+    "TrainedVariational",
+    "VariationalRun",
+    "VariationalSettings",
+    "checkpoint_path",
+    "load_variational",
+    "save_variational",
+    "train_variational",
+    "train_variational_from_paths",
+]
