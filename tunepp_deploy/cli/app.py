@@ -14,9 +14,10 @@ from tunepp_deploy.cli.doctor_cmd import doctor
 from tunepp_deploy.cli.evaluate_cmd import evaluate
 from tunepp_deploy.cli.infer_cmd import infer
 from tunepp_deploy.cli.model_cmd import model_info
-from tunepp_deploy.cli.segwithu_cmd import infer_segwithu, train_head
+from tunepp_deploy.cli.segwithu_cmd import train_head
 from tunepp_deploy.cli.topo_cmd import topo
 from tunepp_deploy.cli.train_cmd import train
+from tunepp_deploy.cli.vi_cmd import train_vi
 
 app = typer.Typer(
     name="tunepp",
@@ -37,7 +38,7 @@ app.command("evaluate")(evaluate)
 app.add_typer(experiment_cmd.app, name="experiment")
 app.add_typer(bench_app, name="bench")
 app.command("train-head")(train_head)
-app.command("infer-segwithu")(infer_segwithu)
+app.command("train-vi")(train_vi)
 app.command("compare")(compare)
 
 

@@ -16,17 +16,17 @@ app = typer.Typer(help="Export a checkpoint to ONNX, or an ONNX file to a Tensor
 @app.command("onnx")
 @user_errors
 def onnx(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint written by `tunepp train`.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint of `tunepp train`, `train-vi` or "
+                                                                        "`train-head`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write (model.onnx).")],
-    opset: Annotated[int, typer.Option(min=17, max=20, help="ONNX opset (TensorRT 10 parses 9..20).")] = 18,
+    opset: Annotated[int | None, typer.Option(min=17, max=20, help="ONNX opset (TensorRT 10 parses 9..20; default "
+                                                                   "18, variational 17).")] = None,
 ) -> None:
-    """One graph, dynamic batch, dropout masks as inputs, trunk run once per window, metadata inside."""
-    from tunepp_deploy.export.onnx_export import export_checkpoint
+    """One self-describing graph, dynamic batch, no random ops: dropout masks (TUNE++) or weight noise
+    (variational) as inputs; SegWithU as one single-pass graph. The method is read from the checkpoint."""
+    from tunepp_deploy.export.dispatch import export_any_checkpoint
 
-    res = export_checkpoint(checkpoint, out, opset)
-    Console().print(f"wrote [bold]{res.path}[/] in {res.seconds:.1f} s (opset {res.opset}, {len(res.op_types)} op "
-                    f"types, window {res.meta.window}, sites {[s.name for s in res.meta.sites]}, sha256 "
-                    f"{res.sha256[:12]})")
+    Console().print(export_any_checkpoint(checkpoint, out, opset).summary)
 
 
 @app.command("trt")

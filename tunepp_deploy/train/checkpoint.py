@@ -46,6 +46,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as e:  # torch raises many types for corrupt/foreign files
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelMismatchError(f"{p}: not a tunepp checkpoint ({msg[:160]})") from None
+    if isinstance(ckpt, dict) and ckpt.get("method") is not None:  # another method's (variational, segwithu)
+        raise ModelMismatchError(f"{p}: a {ckpt['method']}-method checkpoint, not a TUNE++ one "
+                                 f"(`tunepp infer --method auto` runs it)")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
         raise ModelMismatchError(f"{p}: not a tunepp checkpoint (missing state_dict/config)")
     if ckpt.get("format") != CHECKPOINT_FORMAT:

@@ -1,0 +1,71 @@
+"""``tunepp train-vi``: thin wrapper over
+:func:`tunepp_deploy.methods.variational.train.train_variational_from_paths` (split, ELBO training,
+validation Dice, ``OUT/vi_<arch>.pt``); export it with ``tunepp export onnx``, run it with ``tunepp infer``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from tunepp_deploy.cli.errors import user_errors
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    from tunepp_deploy.errors import TuneppError
+
+    try:
+        w = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise TuneppError(f"--widths '{text}': expected comma-separated integers, e.g. 16,32,64,128") from None
+    if not w or min(w) < 1:
+        raise TuneppError(f"--widths '{text}': every width must be >= 1")
+    return w
+
+
+@user_errors
+def train_vi(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config (data, spacing, crops, classes).")],
+    data: Annotated[Path, typer.Option(help="Dataset folder; its seeded training split is used.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (writes vi_<arch>.pt).")],
+    arch: Annotated[str, typer.Option(help="Backbone: unet, vnet or fcn.")] = "unet",
+    iters: Annotated[int, typer.Option(min=1, help="Adam iterations.")] = 400,
+    batch: Annotated[int, typer.Option(min=1, help="Crops per iteration.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation and crops.")] = 0,
+    kl_scale: Annotated[str, typer.Option(help="KL weighting: voxel (per training voxel) or seed (the paper's).")]
+    = "voxel",
+    widths: Annotated[str, typer.Option(help="Channels per stage, comma-separated.")] = "16,32,64,128",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing vi_<arch>.pt.")] = False,
+) -> None:
+    """Train a variational (Bayesian-weight) U-Net / V-Net / FCN with the ELBO; reports validation Dice."""
+    from tunepp_deploy.config import load_config
+    from tunepp_deploy.errors import TuneppError
+    from tunepp_deploy.methods.variational.train import VariationalSettings, train_variational_from_paths
+
+    if kl_scale not in ("voxel", "seed"):
+        raise TuneppError(f"unknown --kl-scale '{kl_scale}' (use voxel or seed)")
+    cfg = load_config(config)
+    settings = VariationalSettings(arch=arch, widths=_widths(widths), iters=iters, batch=batch, seed=seed,
+                                   kl_scale=kl_scale)  # type: ignore[arg-type]
+    console = Console()
+    bar = Progress(TextColumn(f"[bold]vi {arch}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f}  kl {task.fields[kl]:.3g}"), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console)
+    task = bar.add_task("train", total=iters, loss=float("nan"), kl=float("nan"))
+
+    def progress(i: int, parts: dict[str, float]) -> None:
+        if i == 1:  # shown once training runs: refusals and data errors before it stay one line
+            bar.start()
+        bar.update(task, completed=i, loss=parts["loss"], kl=parts["kl"])
+
+    try:
+        res = train_variational_from_paths(cfg, data, out, settings, overwrite, progress=progress)
+    finally:
+        bar.stop()
+    per_class = ", ".join(f"{k} {v:.3f}" for k, v in res.validation["val_dice_per_class"].items())
+    console.print(f"trained {len(res.run.history)} iterations on {len(res.train_cases)} cases; validation mean Dice "
+                  f"{res.validation['val_dice']:.4f} on {len(res.val_cases)} held-out ({per_class}) "
+                  f"-> [bold]{res.path}[/]")
