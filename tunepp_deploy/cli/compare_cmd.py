@@ -17,17 +17,41 @@ def compare(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (compare.md/json/png, models).")],
     config: Annotated[Path, typer.Option("--config", "-c", help="Config of the split, crops and windows.")]
     = Path("configs/phantom.yaml"),
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of every method.")] = 2,
+    epochs: Annotated[int, typer.Option(min=1, help="TUNE++ training epochs; the SegWithU head gets at most as "
+                                                    "many iterations (early stopping).")] = 2,
     samples: Annotated[int, typer.Option(min=1, help="MC samples S of the sampling methods.")] = 10,
     backbone: Annotated[Path | None, typer.Option(help="Use this TUNE++ checkpoint instead of training one.")] = None,
+    head: Annotated[Path | None, typer.Option(help="Use this SegWithU head (tunepp train-head) on the backbone.")]
+    = None,
+    vi: Annotated[Path | None, typer.Option(help="Use this variational checkpoint instead of training one.")] = None,
+    vi_arch: Annotated[str, typer.Option(help="Variational backbone to train: unet, vnet or fcn.")] = "unet",
+    vi_iters: Annotated[int | None, typer.Option(min=1, help="Variational training iterations "
+                                                             "(default: epochs x iters_per_epoch).")] = None,
+    head_iters: Annotated[int | None, typer.Option(min=1, help="Most head iterations (default: epochs x "
+                                                               "iters_per_epoch).")] = None,
+    patience: Annotated[int, typer.Option(min=0, help="Head early stopping: validations without improvement "
+                                                      "(0: off).")] = 5,
+    val_every: Annotated[int, typer.Option(min=1, help="Head early stopping: validate every N iterations.")] = 20,
+    saliency_target: Annotated[str, typer.Option(help="Grad-CAM layer: 'bottleneck' or a module name "
+                                                      "(e.g. decoder.1).")] = "bottleneck",
+    fusion_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="w of w norm(V_pred) + (1-w) norm(V_sal).")]
+    = 0.5,
     repeats: Annotated[int, typer.Option(min=1, help="Latency repeats (median).")] = 3,
 ) -> None:
-    """Train/load TUNE++ MC, SegWithU and the variational U-Net on one split; write one table and a plot."""
+    """Train/load TUNE++ MC, saliency fusion, SegWithU and a variational net on one split; one table, one plot."""
+    from tunepp_deploy.compare.models import ModelRequest
     from tunepp_deploy.compare.report import write_report
-    from tunepp_deploy.compare.run import run_compare
+    from tunepp_deploy.compare.run import CompareSettings, run_compare
     from tunepp_deploy.config import load_config
+    from tunepp_deploy.errors import DataError
 
+    if not data.is_dir():
+        raise DataError(f"{data}: dataset folder not found")
     console = Console()
-    res = run_compare(load_config(config), data, out, epochs, samples, backbone, repeats, console)
+    req = ModelRequest(backbone, head, vi, epochs, head_iters, vi_iters, vi_arch, patience, val_every)
+    res = run_compare(load_config(config), data, out,
+                      CompareSettings(samples, repeats, req, saliency_target, fusion_weight), console)
     for p in write_report(res, out):
         console.print(f"wrote [bold]{p}[/]")
+    m = res["models"]
+    console.print(f"rerun without training: --backbone {m['backbone']} --head {m['head']} --vi {m['vi']}")

@@ -1,48 +1,55 @@
-"""Train (or load) each method on one phantom split, evaluate on the held-out cases, time them.
+"""Run every method on one phantom split: train or load (:mod:`.models`), predict (:mod:`.methods`),
+score each held-out case (:mod:`.evaluate`), time one whole volume per backend.
 
-Methods (all on the same config, split, crops and test cases):
+Rows (all on the same config, split, crops, test cases, window/overlap and seeds):
+``tunepp_mc``, ``saliency_fusion``, ``saliency_sal_only``, ``segwithu``, ``vi_<arch>`` — what each
+uncertainty map is, is in :mod:`.methods`. ``saliency_sal_only`` is the saliency variance alone from
+the same run as ``saliency_fusion``, and ``tunepp_mc``'s map is exactly the predictive variance the
+fusion starts from (same masks, same blend), so the table shows predictive-only vs saliency-only vs
+fused side by side; the saliency run's own predictive-variance map is scored too (``maps`` in the
+JSON) as a check.
 
-* ``tunepp_mc`` — TUNE++ with S MC-dropout samples (seeded masks); uncertainty = epistemic variance.
-  Trained with ``tunepp train``'s trainer for ``epochs`` (or loaded with ``backbone``).
-* ``segwithu`` — the SegWithU head on that frozen backbone, 1 pass; uncertainty = ranking map,
-  probabilities = the tempered softmax.
-* ``vi_unet`` — variational U-Net, S weight samples; uncertainty = epistemic variance.
-  Trained for ``epochs * iters_per_epoch`` iterations, like the backbone.
-
-Latency = one whole test volume (sliding window, the config's window and overlap) including all S
-samples, median of ``repeats``, per backend: torch always; ONNX Runtime for the variational U-Net
-and SegWithU (their graphs export here in seconds). TUNE++'s ONNX latency is measured by
-``tunepp bench`` and not repeated here. The saliency-fusion method is a 2D comparison
-(:mod:`tunepp_deploy.methods.saliency.experiment`), run separately, not a row of this table.
+Latency = one whole preprocessed test volume (the first test case) from the volume in to the maps
+out on the model grid, including all S samples, the median of ``repeats`` runs, per backend (torch
+and ONNX Runtime, ``threads`` intra-op threads). The evaluation pass warms torch up; ONNX Runtime
+gets one untimed warm-up run, which is also compared with the torch probabilities
+(``ort_max_abs_diff``: same masks / noise, so only float differences are expected).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from rich.console import Console
 
 from tunepp_deploy.compare.evaluate import case_metrics, summarise
+from tunepp_deploy.compare.methods import Method, saliency_method, segwithu_method, tunepp_method, vi_method
+from tunepp_deploy.compare.models import ModelRequest, prepare_models
+from tunepp_deploy.compare.progress import case_line
 from tunepp_deploy.config.schema import TuneppConfig
 from tunepp_deploy.data.dataset import LoadedCase, load_case, split_cases
 from tunepp_deploy.data.layout import find_cases
-from tunepp_deploy.infer.masks import sample_masks
-from tunepp_deploy.infer.uncertainty import epistemic_variance
-from tunepp_deploy.methods.segwithu.export import OUTPUTS, export_segwithu
-from tunepp_deploy.methods.segwithu.predict import predict_volume, torch_window_fn
-from tunepp_deploy.methods.segwithu.train import HeadSettings, load_backbone, train_head
-from tunepp_deploy.methods.variational.export import export_variational, noise_input_names
-from tunepp_deploy.methods.variational.noise import sample_weight_noise
-from tunepp_deploy.methods.variational.train import VariationalSettings, save_variational, train_variational
-from tunepp_deploy.methods.volume import per_sample_probs
+from tunepp_deploy.methods.saliency.fusion import DEFAULT_FUSION_WEIGHT
+from tunepp_deploy.methods.saliency.volume import BOTTLENECK, resolve_target
+from tunepp_deploy.model import build_network
 
-Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # image -> (mean probs [K, ...], u [...])
+
+@dataclass
+class CompareSettings:
+    """Everything ``tunepp compare`` takes besides the config, data and output folder."""
+
+    samples: int = 10
+    repeats: int = 3
+    models: ModelRequest = field(default_factory=ModelRequest)
+    saliency_target: str = BOTTLENECK
+    fusion_weight: float = DEFAULT_FUSION_WEIGHT
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -54,108 +61,74 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return float(np.median(times))
 
 
-def _mc(image: np.ndarray, sample_logits: Callable[[torch.Tensor, int], torch.Tensor], s: int,
-        cfg: TuneppConfig) -> tuple[np.ndarray, np.ndarray]:
-    p = per_sample_probs(image, sample_logits, s, cfg.window, cfg.infer.overlap, cfg.infer.max_batch)
-    return p.mean(0).numpy(), epistemic_variance(p).numpy()
+def _evaluate(method: Method, cases: list[LoadedCase], console: Console) -> tuple[dict[str, list[dict]], np.ndarray]:
+    """Per-case metrics of every map of ``method``; also the first case's probabilities (ORT check)."""
+    per_map: dict[str, list[dict[str, float]]] = {}
+    first: np.ndarray | None = None
+    primary = next(iter(method.rows))
+    for i, c in enumerate(cases):
+        t0 = time.perf_counter()
+        probs, maps = method.torch(c.image)
+        for key, u in maps.items():
+            per_map.setdefault(key, []).append(case_metrics(probs, u, c.label))
+        first = probs if first is None else first
+        case_line(console, method.rows[primary], i + 1, len(cases), c.name, per_map[primary][-1],
+                  time.perf_counter() - t0)
+    assert first is not None
+    return per_map, first
 
 
-def run_compare(
-    cfg: TuneppConfig, data: Path, out: Path, epochs: int = 2, samples: int = 10, backbone: Path | None = None,
-    repeats: int = 3, console: Console | None = None,
-) -> dict[str, Any]:
-    """Run the comparison; returns (and :mod:`.report` writes) the results dict."""
+def _latency(method: Method, probe: np.ndarray, probs: np.ndarray, repeats: int) -> dict[str, float | None]:
+    out: dict[str, float | None] = {"latency_torch_s": _median_seconds(lambda: method.torch(probe), repeats),
+                                    "latency_ort_s": None, "ort_max_abs_diff": None}
+    if method.ort is not None:
+        ort_probs, _ = method.ort(probe)  # warm-up, and the parity check
+        out["ort_max_abs_diff"] = float(np.abs(ort_probs - probs).max())
+        out["latency_ort_s"] = _median_seconds(lambda: method.ort(probe), repeats)  # type: ignore[misc]
+    return out
+
+
+def run_compare(cfg: TuneppConfig, data: Path, out: Path, settings: CompareSettings | None = None,
+                console: Console | None = None) -> dict[str, Any]:
+    """Run the comparison; returns (and :func:`tunepp_deploy.compare.report.write_report` writes) the results."""
+    settings = settings or CompareSettings()
     console = console or Console()
     torch.set_flush_denormal(True)
+    threads = torch.get_num_threads()
     out.mkdir(parents=True, exist_ok=True)
-    cases = find_cases(data, cfg.data.layout)
-    train_paths, test_paths = split_cases(cases, cfg.data.val_fraction, cfg.train.seed)
+    train_paths, test_paths = split_cases(find_cases(data, cfg.data.layout), cfg.data.val_fraction, cfg.train.seed)
     train_cases = [load_case(c, cfg.data) for c in train_paths]
-    test_cases: list[LoadedCase] = [load_case(c, cfg.data) for c in test_paths]
-    iters = epochs * cfg.train.iters_per_epoch
-    trained: dict[str, float] = {}
-
-    # TUNE++ (backbone)
-    t0 = time.perf_counter()
-    if backbone is None:
-        from tunepp_deploy.train.trainer import train as train_tunepp
-
-        res = train_tunepp(cfg, out / "tunepp", data_dir=data, epochs=epochs, device="cpu", console=console)
-        backbone = res.out_dir / "best.pt"
-    net, _ = load_backbone(backbone)
-    trained["tunepp_mc"] = time.perf_counter() - t0
-    masks = sample_masks(net.dropout_sites(), cfg.window, samples, cfg.infer.seed)
-
-    def tunepp_logits(x: torch.Tensor, s: int) -> torch.Tensor:
-        return net.head(*(net.trunk(x)), *masks.rows([s], x.shape[0]))[0]
-
-    # SegWithU head
-    t0 = time.perf_counter()
-    head = train_head(net, cfg, train_cases, HeadSettings(iters=iters, batch=cfg.train.batch_size)).model
-    trained["segwithu"] = time.perf_counter() - t0
-    swu_fn = torch_window_fn(head)
-
-    # variational U-Net
-    t0 = time.perf_counter()
-    vi = train_variational(cfg, train_cases, VariationalSettings(arch="unet", iters=iters,
-                                                                 batch=cfg.train.batch_size))
-    save_variational(out / "vi_unet.pt", vi, cfg)
-    trained["vi_unet"] = time.perf_counter() - t0
-    noise = sample_weight_noise(vi.net.noise_shapes(), samples, cfg.infer.seed)
-
-    def vi_logits(x: torch.Tensor, s: int) -> torch.Tensor:
-        return vi.net(x, noise.sample(s))
-
-    def swu_predict(image: np.ndarray, fn: Callable = swu_fn) -> tuple[np.ndarray, np.ndarray]:
-        m = predict_volume(image, fn, cfg.window, cfg.infer.overlap, cfg.infer.max_batch)
-        return m.tempered.numpy(), m.u_rnk.numpy()
-
-    predictors: dict[str, tuple[Predict, int]] = {
-        "tunepp_mc": (lambda im: _mc(im, tunepp_logits, samples, cfg), samples),
-        "segwithu": (swu_predict, 1),
-        "vi_unet": (lambda im: _mc(im, vi_logits, samples, cfg), samples),
+    test_cases = [load_case(c, cfg.data) for c in test_paths]
+    resolve_target(build_network(cfg), settings.saliency_target)  # a wrong layer name fails before any training
+    models = prepare_models(cfg, data, out, train_cases, settings.models, console)
+    s = settings.samples
+    results: dict[str, Any] = {
+        "config": cfg.name, "samples": s, "train_cases": len(train_cases),
+        "test_cases": [c.name for c in test_cases], "volume_shapes": [list(c.image.shape) for c in test_cases],
+        "latency_volume": test_cases[0].name, "window": list(cfg.window), "overlap": cfg.infer.overlap,
+        "threads": threads, "models": models.paths, "training": models.info, "methods": {}, "maps": {},
+        "notes": {},
     }
-
-    # ONNX Runtime sessions for the methods whose graphs export quickly here
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = torch.get_num_threads()
-    vi_sess = ort.InferenceSession(str(export_variational(vi.net, cfg.window, out / "vi_unet.onnx")), so,
-                                   providers=["CPUExecutionProvider"])
-    names = noise_input_names(vi.net)
-
-    def vi_ort_logits(x: torch.Tensor, s: int) -> torch.Tensor:
-        feeds = {"x": x.numpy(), **dict(zip(names, noise.sample_numpy(s), strict=True))}
-        return torch.from_numpy(vi_sess.run(None, feeds)[0])
-
-    swu_sess = ort.InferenceSession(str(export_segwithu(head, cfg, cfg.window, out / "segwithu.onnx")), so,
-                                    providers=["CPUExecutionProvider"])
-
-    def swu_ort(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(torch.from_numpy(a) for a in swu_sess.run(list(OUTPUTS), {"x": x.numpy()}))
-
-    ort_predictors: dict[str, Predict] = {
-        "vi_unet": lambda im: _mc(im, vi_ort_logits, samples, cfg),
-        "segwithu": lambda im: swu_predict(im, swu_ort),
-    }
-
-    results: dict[str, Any] = {"samples": samples, "epochs": epochs, "iters": iters, "train_cases": len(train_cases),
-                               "test_cases": [c.name for c in test_cases], "threads": torch.get_num_threads(),
-                               "methods": {}}
-    for name, (predict, s) in predictors.items():
-        console.print(f"evaluating {name}")
-        per_case = []
-        for c in test_cases:
-            probs, u = predict(c.image)
-            per_case.append(case_metrics(probs, u, c.label))
-        row = summarise(per_case)
-        row["samples"] = s
-        row["train_seconds"] = trained[name]
-        probe = test_cases[0].image
-        row["latency_torch_s"] = _median_seconds(lambda p=predict, im=probe: p(im), repeats)
-        row["latency_ort_s"] = (_median_seconds(lambda p=ort_predictors[name], im=probe: p(im), repeats)
-                                if name in ort_predictors else None)
-        results["methods"][name] = row
+    with ExitStack() as stack:
+        console.print("exporting TUNE++, SegWithU and the variational network to ONNX")
+        methods = [
+            tunepp_method(models, cfg, s, out, threads, stack),
+            saliency_method(models, cfg, s, settings.saliency_target, settings.fusion_weight),
+            segwithu_method(models, cfg, out, threads),
+            vi_method(models, cfg, s, out, threads),
+        ]
+        for m in methods:
+            console.print(f"[bold]evaluating {m.name}[/] (S = {m.samples}) on {len(test_cases)} test case(s)")
+            per_map, probs0 = _evaluate(m, test_cases, console)
+            lat = _latency(m, test_cases[0].image, probs0, settings.repeats)
+            results["maps"][m.name] = {k: {q: summarise(v)[q] for q in ("auroc", "aurc", "u_ece_fg")}
+                                       for k, v in per_map.items()}
+            for key, row_name in m.rows.items():
+                row = summarise(per_map[key])
+                row.update(samples=m.samples, train_seconds=m.train_seconds, **lat, **m.extra)
+                results["methods"][row_name] = row
+                results["notes"][row_name] = m.notes[row_name]
     return results
 
 
-__all__ = ["run_compare"]
+__all__ = ["CompareSettings", "run_compare"]
