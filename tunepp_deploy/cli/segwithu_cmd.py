@@ -1,7 +1,6 @@
-"""``tunepp train-head`` and ``tunepp infer-segwithu``: the SegWithU head on a frozen TUNE++ backbone.
+"""``tunepp train-head``: train the SegWithU head on a frozen TUNE++ backbone.
 
-A separate infer command rather than ``tunepp infer --method``: ``infer`` is built around MC
-runners (masks, samples, blends) that a single-pass head does not have.
+Inference with the head is ``tunepp infer --method segwithu`` (one resumable case loop for every method).
 """
 
 from __future__ import annotations
@@ -50,21 +49,3 @@ def train_head(
     best = "" if run.best_iter is None else f", best validation loss {run.best_val_loss:.4f} at {run.best_iter}"
     stop = " (stopped early)" if run.stopped_early else ""
     console.print(f"head trained for {len(run.history)} iterations{stop}{best} -> [bold]{path}[/]")
-
-
-@user_errors
-def infer_segwithu(
-    input: Annotated[Path, typer.Option("--input", "-i", help="A NIfTI scan or a folder of scans.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="SegWithU head checkpoint (head.pt).")],
-) -> None:
-    """Single-pass segmentation with SegWithU calibration / ranking / temperature maps (NIfTI, input grid)."""
-    from tunepp_deploy.errors import TuneppError
-    from tunepp_deploy.methods.segwithu.model import load_segwithu
-    from tunepp_deploy.methods.segwithu.predict import infer_segwithu_paths
-
-    if not input.exists():
-        raise TuneppError(f"{input}: file or folder not found")
-    net, cfg = load_segwithu(model)
-    written = infer_segwithu_paths(input, out, net, cfg)
-    Console().print(f"{len(written)} files -> [bold]{out}[/]")
