@@ -116,3 +116,12 @@ def test_training_lowers_loss_and_roundtrips(tiny_cfg, tiny_cases, tmp_path) -> 
     with torch.no_grad():
         assert torch.equal(net(x), run.net(x))
     assert s["arch"] == "unet" and cfg.data.num_classes == 5
+
+
+def test_training_starts_from_the_requested_posterior_width(tiny_cfg, tiny_cases) -> None:
+    """``log_var_init`` reaches every layer: one step with a tiny lr leaves log sigma^2 at the start value."""
+    for start in (-5.0, -10.0):
+        settings = VariationalSettings(arch="unet", widths=(4, 8), iters=1, batch=1, lr=1e-9, log_var_init=start)
+        run = train_variational(tiny_cfg, tiny_cases, settings)
+        for layer in run.net.bayes_layers():
+            assert torch.allclose(layer.weight_log_var, torch.full_like(layer.weight_log_var, start), atol=1e-6)

@@ -38,6 +38,11 @@ def train_vi(
     kl_scale: Annotated[str, typer.Option(help="KL weighting: voxel (per training voxel) or seed (the paper's).")]
     = "voxel",
     widths: Annotated[str, typer.Option(help="Channels per stage, comma-separated.")] = "16,32,64,128",
+    lr: Annotated[float, typer.Option(min=1e-7, help="Adam learning rate (the seed: 1e-3).")] = 3e-3,
+    decay_every: Annotated[int, typer.Option(min=0, help="Halve the lr every N iterations; 0: once, half-way.")]
+    = 0,
+    log_var_init: Annotated[float, typer.Option(help="Initial log sigma^2 of the weights (the seed: -5).")]
+    = -10.0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing vi_<arch>.pt.")] = False,
 ) -> None:
     """Train a variational (Bayesian-weight) U-Net / V-Net / FCN with the ELBO; reports validation Dice."""
@@ -49,7 +54,8 @@ def train_vi(
         raise TuneppError(f"unknown --kl-scale '{kl_scale}' (use voxel or seed)")
     cfg = load_config(config)
     settings = VariationalSettings(arch=arch, widths=_widths(widths), iters=iters, batch=batch, seed=seed,
-                                   kl_scale=kl_scale)  # type: ignore[arg-type]
+                                   kl_scale=kl_scale, lr=lr, decay_every=decay_every,
+                                   log_var_init=log_var_init)  # type: ignore[arg-type]
     console = Console()
     bar = Progress(TextColumn(f"[bold]vi {arch}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}  kl {task.fields[kl]:.3g}"), TimeElapsedColumn(),

@@ -35,6 +35,12 @@ class BayesianSegNet(nn.Module):
         """Sum of the layers' ``KL(q || N(0, 1))``."""
         return torch.stack([m.kl() for m in self.bayes_layers()]).sum()
 
+    @torch.no_grad()
+    def init_log_var(self, value: float) -> None:
+        """Set every Bayesian layer's ``log sigma^2`` to ``value`` (the posterior's starting width)."""
+        for m in self.bayes_layers():
+            m.weight_log_var.fill_(float(value))
+
     def check_window(self, window: Sequence[int]) -> None:
         if any(w % self.total_stride or w <= 0 for w in window):
             raise TuneppError(f"window {tuple(window)} is not divisible by the network's stride {self.total_stride}")
