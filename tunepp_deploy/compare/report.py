@@ -20,9 +20,10 @@ import numpy as np
 
 from tunepp_deploy.data.nifti import write_atomic
 
-COLUMNS = [("samples", "S"), ("dice", "Dice"), ("betti_error", "Betti err"), ("ece", "ECE"), ("ece_fg", "ECE fg"),
-           ("u_ece_fg", "U-ECE fg"), ("auroc", "AUROC"), ("aurc", "AURC"), ("triage_at_25", "triage@25%"),
-           ("latency_torch_s", "torch s/vol"), ("latency_ort_s", "ORT s/vol"), ("train_seconds", "train s")]
+COLUMNS = [("samples", "S"), ("dice", "Dice"), ("iou", "IoU"), ("betti_error", "Betti err"), ("ece", "ECE"),
+           ("ece_fg", "ECE fg"), ("u_ece_fg", "U-ECE fg"), ("auroc", "AUROC"), ("aurc", "AURC"),
+           ("triage_at_25", "triage@25%"), ("latency_torch_s", "torch s/vol"), ("latency_ort_s", "ORT s/vol"),
+           ("train_seconds", "train s")]
 
 
 def _fmt(v: Any) -> str:
