@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from tunepp_deploy.compare.models import Models
@@ -37,11 +36,13 @@ from tunepp_deploy.infer.uncertainty import epistemic_variance
 from tunepp_deploy.methods.saliency.experiment import tunepp_forward_sample
 from tunepp_deploy.methods.saliency.fusion import DEFAULT_FUSION_WEIGHT
 from tunepp_deploy.methods.saliency.volume import BOTTLENECK, resolve_target, volume_saliency
-from tunepp_deploy.methods.segwithu.export import OUTPUTS, export_segwithu
-from tunepp_deploy.methods.segwithu.predict import predict_volume, torch_window_fn
+from tunepp_deploy.methods.segwithu.export import export_segwithu
+from tunepp_deploy.methods.segwithu.predict import predict_volume
+from tunepp_deploy.methods.segwithu.runner import WindowFn, open_segwithu, torch_window_fn
 from tunepp_deploy.methods.segwithu.train import load_backbone
-from tunepp_deploy.methods.variational.export import export_variational, noise_input_names
+from tunepp_deploy.methods.variational.export import export_variational_checkpoint
 from tunepp_deploy.methods.variational.noise import sample_weight_noise
+from tunepp_deploy.methods.variational.runners import VariationalRunner, open_variational
 from tunepp_deploy.methods.volume import per_sample_probs
 
 #: ``image [D, H, W] -> (mean probs [K, ...], {map name: uncertainty [...]})``; the first map is the row's.
@@ -121,53 +122,42 @@ def saliency_method(models: Models, cfg: TuneppConfig, samples: int, target: str
 
 
 def segwithu_method(models: Models, cfg: TuneppConfig, out: Path, threads: int) -> Method:
-    """SegWithU, one pass, torch and ONNX Runtime (exported to ``out/segwithu.onnx``)."""
+    """SegWithU, one pass, torch and ONNX Runtime (exported to ``out/segwithu.onnx``, opened with the
+    same :func:`~tunepp_deploy.methods.segwithu.runner.open_segwithu` that ``tunepp infer`` uses)."""
 
-    def run(fn: Callable) -> Predict:
+    def run(fn: WindowFn) -> Predict:
         def predict(image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
             m = predict_volume(image, fn, tuple(cfg.window), cfg.infer.overlap, cfg.infer.max_batch)
             return m.tempered.numpy(), {"ranking": m.u_rnk.numpy()}
 
         return predict
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(export_segwithu(models.head, cfg, cfg.window, out / "segwithu.onnx")), so,
-                                providers=["CPUExecutionProvider"])
-
-    def ort_fn(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(torch.from_numpy(a) for a in sess.run(list(OUTPUTS), {"x": x.numpy()}))
-
+    onnx_path = export_segwithu(models.head, cfg, cfg.window, out / "segwithu.onnx")
+    ort_runner = open_segwithu(onnx_path, "ort", "cpu", threads)
     return Method("segwithu", 1, {"segwithu": "ranking map U_rnk (one pass; probabilities = tempered softmax)"},
-                  run(torch_window_fn(models.head)), run(ort_fn), {"ranking": "segwithu"},
+                  run(torch_window_fn(models.head)), run(ort_runner.window_fn), {"ranking": "segwithu"},
                   models.train_seconds.get("segwithu"))
 
 
 def vi_method(models: Models, cfg: TuneppConfig, samples: int, out: Path, threads: int) -> Method:
-    """The variational network with S seeded weight-noise samples, torch and ONNX Runtime."""
-    net, arch = models.vi, models.vi_arch
-    noise = sample_weight_noise(net.noise_shapes(), samples, cfg.infer.seed)
+    """The variational network with S seeded weight-noise samples, torch and ONNX Runtime, through the
+    runners ``tunepp infer --method variational`` uses
+    (:func:`~tunepp_deploy.methods.variational.runners.open_variational`)."""
+    arch = models.vi_arch
+    onnx_path = export_variational_checkpoint(models.paths["vi"], out / f"vi_{arch}.onnx").path
+    runners = [open_variational(models.paths["vi"], "torch", "cpu"), open_variational(onnx_path, "ort", "cpu", threads)]
+    noise = sample_weight_noise(runners[0].noise_shapes, samples, cfg.infer.seed)
 
-    def run(sample_logits: Callable[[torch.Tensor, int], torch.Tensor]) -> Predict:
+    def run(runner: VariationalRunner) -> Predict:
         def predict(image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-            p = per_sample_probs(image, sample_logits, samples, cfg.window, cfg.infer.overlap, cfg.infer.max_batch)
+            p = per_sample_probs(image, lambda x, s: runner.logits(x, noise, s), samples, cfg.window,
+                                 cfg.infer.overlap, cfg.infer.max_batch)
             return p.mean(0).numpy(), {"epistemic": epistemic_variance(p).numpy()}
 
         return predict
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(export_variational(net, cfg.window, out / f"vi_{arch}.onnx")), so,
-                                providers=["CPUExecutionProvider"])
-    names = noise_input_names(net)
-
-    def ort_logits(x: torch.Tensor, s: int) -> torch.Tensor:
-        feeds = {"x": x.numpy(), **dict(zip(names, noise.sample_numpy(s), strict=True))}
-        return torch.from_numpy(sess.run(None, feeds)[0])
-
     return Method(f"vi_{arch}", samples, {f"vi_{arch}": "epistemic variance sum_k Var_s p over S weight-noise samples"},
-                  run(lambda x, s: net(x, noise.sample(s))), run(ort_logits), {"epistemic": f"vi_{arch}"},
-                  models.train_seconds.get("vi"))
+                  run(runners[0]), run(runners[1]), {"epistemic": f"vi_{arch}"}, models.train_seconds.get("vi"))
 
 
 __all__ = ["Method", "Predict", "saliency_method", "segwithu_method", "tunepp_method", "vi_method"]
