@@ -1,4 +1,4 @@
-"""``tunepp experiment ...``: reproducible experiments on phantoms."""
+"""``tunepp experiment ...``: reproducible experiments (phantoms; ISIC folders for the saliency comparison)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,75 @@ def fidelity(
     s = FidelitySettings(config, epochs, iters_per_epoch, train_cases, test_cases, shift_cases, samples, seed)
     body = run_fidelity(out, s, Console(stderr=True))
     Console(stderr=True).print(f"done in {body['seconds'] / 60:.1f} min -> [bold]{out / 'fidelity.md'}[/]")
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    from tunepp_deploy.errors import ConfigError
+
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} '{text}': expected comma-separated numbers") from None
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    from tunepp_deploy.errors import ConfigError
+
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} '{text}': expected comma-separated integers") from None
+
+
+@app.command("saliency")
+@user_errors
+def saliency(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for saliency.json and saliency.md.")],
+    isic_images: Annotated[Path | None, typer.Option(help="ISIC image folder (ISIC_XXXXXXX.jpg); default: 2D "
+                                                          "phantom slices.")] = None,
+    isic_masks: Annotated[Path | None, typer.Option(help="ISIC mask folder (ISIC_XXXXXXX_segmentation.png); "
+                                                         "default: the image folder.")] = None,
+    cases: Annotated[int | None, typer.Option(min=2, help="Phantom cases (default 12) or first N ISIC images "
+                                                          "(default all).")] = None,
+    size: Annotated[int, typer.Option(min=4, help="ISIC images resized to SIZE x SIZE (multiple of 4).")] = 128,
+    iters: Annotated[int, typer.Option(min=1, help="Training iterations per seed.")] = 300,
+    samples: Annotated[int, typer.Option(min=2, help="MC samples (each with a Grad-CAM).")] = 10,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds (split, init, batches, dropout masks).")] = "0,1,2",
+    weights: Annotated[str, typer.Option(help="Comma-separated fusion weights w in [0, 1] (w=1: predictive variance "
+                                              "alone, always added; w=0: saliency variance alone).")]
+    = "0,0.25,0.5,0.75,1",
+) -> None:
+    """The saliency-fusion seed's 2D comparison: fg-ECE / AUROC of predictive vs saliency vs fused variance."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tunepp_deploy.errors import ConfigError
+    from tunepp_deploy.methods.saliency.data2d import isic_data, phantom_data
+    from tunepp_deploy.methods.saliency.experiment import SaliencySettings, check_settings, run_saliency_experiment
+    from tunepp_deploy.methods.saliency.report import prepare_out, write_saliency_report
+
+    settings = check_settings(SaliencySettings(iters=iters, samples=samples, seeds=tuple(_ints(seeds, "--seeds")),
+                                               weights=tuple(_floats(weights, "--weights"))))
+    if isic_masks is not None and isic_images is None:
+        raise ConfigError("--isic-masks needs --isic-images")
+    prepare_out(out)
+    console = Console(stderr=True)
+    data = (isic_data(isic_images, isic_masks, size, cases) if isic_images is not None
+            else phantom_data(cases if cases is not None else 12))
+    console.print(f"{data.source}: {len(data.images)} images of {data.images.shape[1]} channel(s), "
+                  f"{len(set(data.groups.tolist()))} cases/images to split")
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=console)
+    overall = bar.add_task("seeds", total=len(settings.seeds))
+    stage = bar.add_task("", total=1)
+
+    def progress(seed: int, name: str, done: int, total: int) -> None:
+        bar.update(stage, description=f"seed {seed}: {name}", completed=done, total=total)
+        if name == "score":
+            bar.advance(overall)
+
+    with bar:
+        body = run_saliency_experiment(data, settings, progress)
+    js, md = write_saliency_report(out, body)
+    for line in body["verdict"]:
+        console.print(f"- {line}")
+    console.print(f"done in {body['seconds'] / 60:.1f} min -> [bold]{md}[/] ({js.name})")

@@ -1,27 +1,61 @@
-"""The seed's comparison on 2D phantom slices: predictive variance alone vs fused with saliency variance.
+"""The seed's 2D comparison: predictive variance alone vs saliency variance vs their fusion.
 
-Train :class:`~tunepp_deploy.methods.unet2d.UNet2d` on slices of the training phantoms (Dice + CE,
-Adam), then for every test slice run S MC samples (seeded masks) with a Seg-Grad-CAM per sample on
-the bottleneck, and score each uncertainty map by foreground-only ECE (of ``1 - norm(U)``, voxels:
-union of predicted and true foreground) and voxel-error AUROC (:mod:`.fusion`), pooled over the test
-slices. Also :func:`tunepp_forward_sample` for the same maps on 3D TUNE++ (sample s = mask set s).
+:func:`run_saliency_comparison` is the original single-run version (phantom slices, one ``w``).
+:func:`run_saliency_experiment` is the reproduction behind ``tunepp experiment saliency``:
+
+* **data** (:mod:`.data2d`): 2D phantom slices or an ISIC-style folder; per seed a seeded
+  train/test split over cases (phantoms) or images (ISIC);
+* **per seed**: train :class:`~tunepp_deploy.methods.unet2d.UNet2d` (Dice + CE, Adam; init and
+  batches from the seed), then on the test images S MC samples (dropout masks from the seed) with a
+  Seg-Grad-CAM per sample on the bottleneck (:func:`~.fusion.mc_saliency`) — **one** MC run per
+  seed; every fusion weight ``w`` is then ``fuse(V_pred, V_sal, w)`` of the same two maps, so the
+  sweep differs only in ``w``, not in training or sampling noise;
+* **scores**, pooled over the test images (:func:`~.fusion.uncertainty_calibration`): foreground
+  ECE of ``1 - norm(U)`` over the union of predicted and true foreground pixels, pixel-error AUROC
+  over all pixels and over that foreground union; plus pixel accuracy and mean foreground Dice of
+  the segmentation (argmax of the MC mean).
+
+``w = 1`` is predictive variance alone and ``w = 0`` saliency variance alone, each **min-max
+normalised per image** as the fusion normalises its inputs — so the sweep compares maps on one
+scale and the only change along it is the mixing. The raw predictive variance (pooled without the
+per-image normalisation, as :func:`run_saliency_comparison` scores it) is scored as well, to show
+what that normalisation alone costs; ``w = 1`` is always scored because the verdict compares against
+it. Also :func:`tunepp_forward_sample` for the same maps on 3D TUNE++ (sample s = mask set s).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from tunepp_deploy.errors import ConfigError
 from tunepp_deploy.infer.masks import SampleMasks, sample_masks
 from tunepp_deploy.losses.dice_ce import dice_ce_loss
-from tunepp_deploy.methods.saliency.fusion import DEFAULT_FUSION_WEIGHT, mc_saliency, uncertainty_calibration
+from tunepp_deploy.methods.saliency.data2d import Data2d, split_groups
+from tunepp_deploy.methods.saliency.fusion import (
+    DEFAULT_FUSION_WEIGHT,
+    fuse,
+    mc_saliency,
+    uncertainty_calibration,
+)
 from tunepp_deploy.methods.saliency.phantom2d import phantom_slices
 from tunepp_deploy.methods.unet2d import UNet2d
+from tunepp_deploy.metrics.overlap import dice_per_class
 from tunepp_deploy.model import TUNEPP
+
+#: Which pixels the foreground ECE counts (the definition in :mod:`.fusion`), stated in every result.
+ECE_PIXELS = "union of predicted and true foreground (pred > 0 or label > 0), pooled over the test images"
+REFERENCE_W = 1.0
+METRICS = ("fg_ece", "auroc", "fg_auroc")
+#: ``progress(seed, stage, done, total)``; stages ``train`` (iterations), ``mc`` (test chunks), ``score``.
+Progress = Callable[[int, str, int, int], None]
 
 
 def tunepp_forward_sample(net: TUNEPP, masks: SampleMasks) -> Callable[[Tensor, int], Tensor]:
@@ -30,24 +64,28 @@ def tunepp_forward_sample(net: TUNEPP, masks: SampleMasks) -> Callable[[Tensor, 
 
 
 def unet2d_forward_sample(net: UNet2d, masks: SampleMasks) -> Callable[[Tensor, int], Tensor]:
+    """``(x, s) -> logits`` of the 2D U-Net under sample ``s``'s dropout masks."""
     return lambda x, s: net(x, masks.rows([s], x.shape[0]))
 
 
 def train_unet2d(images: np.ndarray, labels: np.ndarray, num_classes: int, iters: int, seed: int = 0,
-                 widths: tuple[int, ...] = (16, 32, 64), batch: int = 8, lr: float = 3e-3) -> UNet2d:
-    """Fit a 2D U-Net on random mini-batches of whole slices."""
+                 widths: tuple[int, ...] = (16, 32, 64), batch: int = 8, lr: float = 3e-3,
+                 on_iter: Callable[[int], None] | None = None) -> UNet2d:
+    """Fit a 2D U-Net on random mini-batches of whole images (``on_iter(i)`` after iteration i, 1-based)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = UNet2d(images.shape[1], num_classes, widths)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     net.train()
-    for _ in range(iters):
+    for i in range(iters):
         idx = rng.integers(0, len(images), size=min(batch, len(images)))
         x, y = torch.from_numpy(images[idx]), torch.from_numpy(labels[idx].astype(np.int64))
         dice, ce = dice_ce_loss(net(x), y)
         opt.zero_grad(set_to_none=True)
         (dice + ce).backward()
         opt.step()
+        if on_iter is not None:
+            on_iter(i + 1)
     return net.eval()
 
 
@@ -55,7 +93,7 @@ def run_saliency_comparison(
     cases: int = 6, test_cases: int = 2, iters: int = 150, samples: int = 10, w: float = DEFAULT_FUSION_WEIGHT,
     seed: int = 0, shape: tuple[int, int, int] = (64, 64, 48), widths: tuple[int, ...] = (16, 32, 64),
 ) -> dict[str, Any]:
-    """Train on ``cases - test_cases`` phantoms' slices, compare the maps on the rest (module doc)."""
+    """Train on ``cases - test_cases`` phantoms' slices, compare raw V_pred / V_sal / fused on the rest."""
     imgs, labs, idx = phantom_slices(cases, seed=seed, shape=shape)
     train = idx < cases - test_cases
     net = train_unet2d(imgs[train], labs[train], 5, iters, seed, widths)
@@ -75,4 +113,212 @@ def run_saliency_comparison(
     return out
 
 
-__all__ = ["run_saliency_comparison", "train_unet2d", "tunepp_forward_sample", "unet2d_forward_sample"]
+# --------------------------------------------------------------------------- the multi-seed experiment
+
+
+@dataclass(frozen=True)
+class SaliencySettings:
+    """Schedule and sweep of :func:`run_saliency_experiment` (CLI flags map 1:1)."""
+
+    iters: int = 300
+    samples: int = 10
+    seeds: tuple[int, ...] = (0, 1, 2)
+    weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    widths: tuple[int, ...] = (16, 32, 64)
+    batch: int = 8
+    lr: float = 3e-3
+    test_fraction: float = 1 / 3
+    chunk: int = 16  # test images per MC + Grad-CAM batch (bounds the backward's memory, not the result)
+
+
+def check_weights(weights: Sequence[float]) -> tuple[float, ...]:
+    """Sorted unique weights with the reference ``w = 1`` added; :class:`ConfigError` outside [0, 1]."""
+    if not weights:
+        raise ConfigError("--weights: give at least one fusion weight")
+    for w in weights:
+        if not (math.isfinite(w) and 0.0 <= w <= 1.0):
+            raise ConfigError(f"--weights: fusion weight {w:g} is outside [0, 1]")
+    return tuple(sorted({float(w) for w in weights} | {REFERENCE_W}))
+
+
+def check_settings(s: SaliencySettings) -> SaliencySettings:
+    """Validated copy of ``s`` (weights via :func:`check_weights`; seeds unique and non-empty)."""
+    if not s.seeds:
+        raise ConfigError("--seeds: give at least one seed")
+    if len(set(s.seeds)) != len(s.seeds):
+        raise ConfigError(f"--seeds: repeated seed in {','.join(map(str, s.seeds))}")
+    if s.iters < 1 or s.samples < 2:
+        raise ConfigError(f"need iters >= 1 and samples >= 2 (a variance over samples), got {s.iters}, {s.samples}")
+    if not 0.0 < s.test_fraction < 1.0:
+        raise ConfigError(f"test fraction {s.test_fraction} must be in (0, 1)")
+    return SaliencySettings(**{**asdict(s), "weights": check_weights(s.weights), "seeds": tuple(s.seeds)})
+
+
+@dataclass
+class SeedMaps:
+    """One seed's test predictions and maps: ``probs [K, N, H, W]``, ``labels``, ``V_pred``/``V_sal [N, H, W]``."""
+
+    seed: int
+    test: np.ndarray
+    probs: np.ndarray
+    labels: np.ndarray
+    predictive_variance: Tensor
+    saliency_variance: Tensor
+
+
+def seed_maps(data: Data2d, seed: int, s: SaliencySettings, progress: Progress | None = None) -> SeedMaps:
+    """Split, train and run the one MC + Grad-CAM pass of ``seed`` (module doc)."""
+    test = split_groups(data.groups, seed, s.test_fraction)
+    report = progress or (lambda *_: None)
+    net = train_unet2d(data.images[~test], data.labels[~test], data.num_classes, s.iters, seed, s.widths, s.batch,
+                       s.lr, on_iter=lambda i: report(seed, "train", i, s.iters))
+    masks = sample_masks(net.dropout_sites(), (1, 1, 1), s.samples, seed)
+    fwd = unet2d_forward_sample(net, masks)
+    x = torch.from_numpy(data.images[test])
+    chunks = range(0, len(x), s.chunk)
+    probs, pv, sv = [], [], []
+    for j, start in enumerate(chunks):
+        m = mc_saliency(fwd, net.bottleneck, x[start:start + s.chunk], s.samples)
+        probs.append(m.mean_probs)
+        pv.append(m.predictive_variance)
+        sv.append(m.saliency_variance)
+        report(seed, "mc", j + 1, len(chunks))
+    return SeedMaps(seed, test, torch.cat(probs).numpy().transpose(1, 0, 2, 3), data.labels[test], torch.cat(pv),
+                    torch.cat(sv))
+
+
+def score_maps(maps: SeedMaps, weights: Sequence[float], num_classes: int) -> dict[str, Any]:
+    """Segmentation quality and, per ``w``, :func:`uncertainty_calibration` of ``fuse(V_pred, V_sal, w)``."""
+    pred = maps.probs.argmax(0)
+    region = (pred > 0) | (maps.labels > 0)
+    dice = dice_per_class(pred, maps.labels, num_classes)
+    out: dict[str, Any] = {
+        "pixel_accuracy": float((pred == maps.labels).mean()),
+        "dice": float(np.nanmean(dice)) if np.isfinite(dice).any() else float("nan"),
+        "dice_per_class": [float(d) for d in dice],
+        "fg_pixels": int(region.sum()),
+        "fg_error_rate": float((pred != maps.labels)[region].mean()) if region.any() else float("nan"),
+        "predictive_variance_raw": uncertainty_calibration(maps.predictive_variance.numpy(), maps.probs, maps.labels),
+        "weights": {},
+    }
+    for w in weights:
+        u = fuse(maps.predictive_variance, maps.saliency_variance, w).numpy()
+        out["weights"][_wkey(w)] = uncertainty_calibration(u, maps.probs, maps.labels)
+    return out
+
+
+def _wkey(w: float) -> str:
+    return f"{w:g}"
+
+
+def _mean_sd(values: Sequence[float]) -> dict[str, float | int | None]:
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
+    return {"mean": float(v.mean()) if v.size else None, "sd": float(v.std(ddof=1)) if v.size > 1 else None,
+            "n": int(v.size)}
+
+
+def _label(w: float) -> str:
+    if w == REFERENCE_W:
+        return "predictive variance alone (w=1)"
+    return "saliency variance alone (w=0)" if w == 0.0 else f"fused (w={w:g})"
+
+
+def _compare(per_seed: list[dict[str, Any]], a: str, b: str, metric: str, get: Callable[[dict, str], dict]) -> str:
+    """``fg-ECE lower in 2/3 seeds (mean diff +0.0123)`` for map ``a`` vs map ``b``."""
+    pairs = [(get(r, a)[metric], get(r, b)[metric]) for r in per_seed]
+    pairs = [(x, y) for x, y in pairs if math.isfinite(x) and math.isfinite(y)]
+    name = {"fg_ece": "fg-ECE", "auroc": "AUROC", "fg_auroc": "fg-AUROC"}[metric]
+    if not pairs:
+        return f"{name} undefined"
+    lower = sum(x < y for x, y in pairs)
+    diff = float(np.mean([x - y for x, y in pairs]))
+    return f"{name} lower in {lower}/{len(pairs)} seeds (mean diff {diff:+.4f})"
+
+
+def verdict(per_seed: list[dict[str, Any]], weights: Sequence[float]) -> list[str]:
+    """Lines computed from the per-seed numbers: each ``w`` vs ``w = 1``, then the seed's null-result check.
+
+    Lower fg-ECE is better, higher AUROC is better. "Fusion improves calibration" is read as: some
+    ``0 < w < 1`` has lower fg-ECE than ``w = 1`` in a strict majority of seeds.
+    """
+    ref = _wkey(REFERENCE_W)
+
+    def weight(r: dict, k: str) -> dict:
+        return r["weights"][k]
+
+    lines = []
+    for w in weights:
+        if w == REFERENCE_W:
+            continue
+        parts = [_compare(per_seed, _wkey(w), ref, m, weight) for m in METRICS]
+        lines.append(f"{_label(w)} vs predictive variance alone (w=1): " + ", ".join(parts))
+    n = len(per_seed)
+    better = [w for w in weights if 0.0 < w < REFERENCE_W
+              and 2 * sum(r["weights"][_wkey(w)]["fg_ece"] < r["weights"][ref]["fg_ece"] for r in per_seed) > n]
+    fused = [w for w in weights if 0.0 < w < REFERENCE_W]
+    if not fused:
+        lines.append("no fused weight (0 < w < 1) in the sweep: the seed's claim is not tested")
+    elif better:
+        lines.append(f"fusion lowers fg-ECE vs predictive variance alone in a majority of {n} seeds at w = "
+                     f"{', '.join(f'{w:g}' for w in better)}: the seed's null result is NOT reproduced here")
+    else:
+        lines.append(f"no fused weight ({', '.join(f'{w:g}' for w in fused)}) lowers fg-ECE vs predictive variance "
+                     f"alone in a majority of {n} seeds: consistent with the seed's null result")
+    raw = [(r["weights"][ref], r["predictive_variance_raw"]) for r in per_seed]
+    lines.append("per-image normalisation alone (w=1 vs raw predictive variance): "
+                 + _compare([{"a": a, "b": b} for a, b in raw], "a", "b", "fg_ece", lambda r, k: r[k]) + ", "
+                 + _compare([{"a": a, "b": b} for a, b in raw], "a", "b", "auroc", lambda r, k: r[k]))
+    return lines
+
+
+def summarize(per_seed: list[dict[str, Any]], weights: Sequence[float]) -> dict[str, Any]:
+    """Mean and sample sd over seeds of every reported number."""
+    out: dict[str, Any] = {k: _mean_sd([r[k] for r in per_seed]) for k in ("pixel_accuracy", "dice")}
+    out["predictive_variance_raw"] = {m: _mean_sd([r["predictive_variance_raw"][m] for r in per_seed])
+                                      for m in METRICS}
+    out["weights"] = {_wkey(w): {m: _mean_sd([r["weights"][_wkey(w)][m] for r in per_seed]) for m in METRICS}
+                      for w in weights}
+    return out
+
+
+def run_saliency_experiment(data: Data2d, settings: SaliencySettings, progress: Progress | None = None
+                            ) -> dict[str, Any]:
+    """Every seed of ``settings`` on ``data``: per-seed scores, mean ± sd, verdict (module doc)."""
+    s = check_settings(settings)
+    t0 = time.perf_counter()
+    per_seed = []
+    for seed in s.seeds:
+        t = time.perf_counter()
+        maps = seed_maps(data, seed, s, progress)
+        row = {"seed": seed, "train_images": int((~maps.test).sum()), "test_images": int(maps.test.sum()),
+               "test_groups": len(np.unique(data.groups[maps.test]))}
+        row |= score_maps(maps, s.weights, data.num_classes)
+        row["seconds"] = time.perf_counter() - t
+        per_seed.append(row)
+        if progress is not None:
+            progress(seed, "score", 1, 1)
+    return {"source": data.source, "data": data.info, "num_classes": data.num_classes, "settings": asdict(s),
+            "ece_pixels": ECE_PIXELS,
+            "normalisation": "V_pred and V_sal min-max normalised per image before fusing (fusion.fuse); every w row "
+                             "uses that scale, w=1 is V_pred alone on it; predictive_variance_raw skips it",
+            "per_seed": per_seed, "summary": summarize(per_seed, s.weights), "verdict": verdict(per_seed, s.weights),
+            "seconds": time.perf_counter() - t0}
+
+
+__all__ = [
+    "ECE_PIXELS",
+    "Progress",
+    "SaliencySettings",
+    "SeedMaps",
+    "check_settings",
+    "check_weights",
+    "run_saliency_comparison",
+    "run_saliency_experiment",
+    "score_maps",
+    "seed_maps",
+    "summarize",
+    "train_unet2d",
+    "tunepp_forward_sample",
+    "unet2d_forward_sample",
+    "verdict",
+]
