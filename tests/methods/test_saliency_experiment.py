@@ -1,4 +1,4 @@
-"""``tunepp experiment saliency``: files, the w=1 oracle, the ISIC path, the verdict, one-line errors."""
+"""``tunepp experiment saliency``: files, the w=1 and noise-control oracles, the ISIC path, the verdict, errors."""
 
 from __future__ import annotations
 
@@ -7,12 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cli_helpers import cli, one_line_error
 from PIL import Image
 
 from tunepp_deploy.methods.saliency.data2d import phantom_data, split_groups
-from tunepp_deploy.methods.saliency.experiment import SaliencySettings, check_settings, seed_maps, verdict
-from tunepp_deploy.methods.saliency.fusion import minmax, uncertainty_calibration
+from tunepp_deploy.methods.saliency.experiment import (
+    SaliencySettings,
+    check_settings,
+    noise_map,
+    run_saliency_experiment,
+    seed_maps,
+    verdict,
+)
+from tunepp_deploy.methods.saliency.fusion import fuse, minmax, uncertainty_calibration
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -26,11 +34,17 @@ def test_phantom_cli_writes_every_seed_and_weight_and_w1_matches_oracle(tmp_path
     md = (out / "saliency.md").read_text()
     assert [r["seed"] for r in body["per_seed"]] == [0, 1]
     assert body["ece_pixels"].startswith("union of predicted and true foreground")
+    below = {f"{w:g}" for w in WEIGHTS if w < 1}
     for r in body["per_seed"]:
         assert set(r["weights"]) == {f"{w:g}" for w in WEIGHTS}
+        assert set(r["noise_control"]) == below  # a noise row for every w < 1 and seed
         assert 0.0 <= r["pixel_accuracy"] <= 1.0 and r["test_groups"] == 1
         assert f"| {r['seed']} | fused | 0.25 |" in md and f"| {r['seed']} | saliency variance alone | 0 |" in md
+        assert f"| {r['seed']} | noise control | 0.25 |" in md and f"| {r['seed']} | noise control | 1 |" not in md
+        assert f"| {r['seed']} | noise control (noise alone) | 0 |" in md
     assert set(body["summary"]["weights"]) == {f"{w:g}" for w in WEIGHTS}
+    assert set(body["summary"]["noise_control"]) == below
+    assert "| noise control | 0.5 |" in md and "**noise control**" in md and "fg-ECE" in body["noise_control"]
 
     # oracle: redo seed 1's (deterministic) MC run and score V_pred alone directly
     s = check_settings(SaliencySettings(iters=2, samples=2, seeds=(0, 1), weights=WEIGHTS))
@@ -43,9 +57,35 @@ def test_phantom_cli_writes_every_seed_and_weight_and_w1_matches_oracle(tmp_path
                                                 rel=1e-12, abs=1e-15)
     assert row["predictive_variance_raw"] == pytest.approx(
         uncertainty_calibration(pv.numpy(), maps.probs, maps.labels), rel=1e-12, abs=1e-15)
+    noise = noise_map(1, sv)
+    assert row["noise_control"]["0.5"] == pytest.approx(
+        uncertainty_calibration(fuse(pv, noise, 0.5).numpy(), maps.probs, maps.labels), rel=1e-12, abs=1e-15)
     # the verdict's counts are the per-seed numbers'
-    lower = sum(r["weights"]["0.5"]["fg_ece"] < r["weights"]["1"]["fg_ece"] for r in body["per_seed"])
-    assert f"fused (w=0.5) vs predictive variance alone (w=1): fg-ECE lower in {lower}/2 seeds" in md
+    rows = body["per_seed"]
+    lower = sum(r["weights"]["0.5"]["fg_ece"] < r["weights"]["1"]["fg_ece"] for r in rows)
+    vs_noise = sum(r["weights"]["0.5"]["fg_ece"] < r["noise_control"]["0.5"]["fg_ece"] for r in rows)
+    assert (f"fused (w=0.5): vs predictive variance alone (w=1): fg-ECE lower in {lower}/2 seeds" in md
+            and f"; vs noise control (w=0.5): fg-ECE lower in {vs_noise}/2 seeds" in md)
+
+
+def test_noise_map_is_seeded_uniform_and_shaped_like_v_sal() -> None:
+    like = np.zeros((3, 8, 8), np.float32)
+    t = torch.from_numpy(like)
+    a, b = noise_map(2, t), noise_map(2, t)
+    assert a.shape == t.shape and a.dtype == t.dtype and torch.equal(a, b)
+    assert float(a.min()) >= 0.0 and float(a.max()) < 1.0 and float(a.std()) > 0.1
+    assert not torch.equal(a, noise_map(3, t))
+    # not the generator the seed's split / batches use (default_rng(seed))
+    assert not np.allclose(a.numpy(), np.random.default_rng(2).random(like.shape).astype(np.float32))
+
+
+def test_noise_control_reproducible_across_runs() -> None:
+    data = phantom_data(3)
+    s = SaliencySettings(iters=2, samples=2, seeds=(4,), weights=(0.0, 0.5))
+    one, two = run_saliency_experiment(data, s), run_saliency_experiment(data, s)
+    assert one["per_seed"][0]["noise_control"] == two["per_seed"][0]["noise_control"]
+    assert set(one["per_seed"][0]["noise_control"]) == {"0", "0.5"}
+    assert one["verdict"] == two["verdict"]
 
 
 def _lesion_folder(root: Path, n: int) -> tuple[Path, Path]:
@@ -105,15 +145,64 @@ def test_split_is_seeded_and_keeps_cases_whole() -> None:
     assert any(not np.array_equal(a, split_groups(groups, s, 1 / 3)) for s in range(1, 5))
 
 
-def _row(w_ece: dict[str, float]) -> dict:
-    return {"weights": {k: {"fg_ece": v, "auroc": 0.8, "fg_auroc": 0.7} for k, v in w_ece.items()},
-            "predictive_variance_raw": {"fg_ece": 0.2, "auroc": 0.8, "fg_auroc": 0.7}}
+def _scores(fg_ece: float, auroc: float, fg_auroc: float) -> dict[str, float]:
+    return {"fg_ece": fg_ece, "auroc": auroc, "fg_auroc": fg_auroc}
 
 
-def test_verdict_counts_and_null_result_line() -> None:
-    worse = [_row({"0.5": 0.3, "1": 0.2}), _row({"0.5": 0.1, "1": 0.2}), _row({"0.5": 0.25, "1": 0.2})]
-    lines = verdict(worse, (0.5, 1.0))
-    assert lines[0].startswith("fused (w=0.5) vs predictive variance alone (w=1): fg-ECE lower in 1/3 seeds")
-    assert "consistent with the seed's null result" in lines[1]
-    better = [_row({"0.5": 0.1, "1": 0.2}), _row({"0.5": 0.1, "1": 0.2}), _row({"0.5": 0.3, "1": 0.2})]
-    assert "NOT reproduced" in verdict(better, (0.5, 1.0))[1]
+def _row(fused: tuple[float, float, float], pred: tuple[float, float, float],
+         noise: tuple[float, float, float]) -> dict:
+    """One seed's row with w = 0.5 (fused), w = 1 (V_pred alone) and the w = 0.5 noise control."""
+    return {"weights": {"0.5": _scores(*fused), "1": _scores(*pred)}, "noise_control": {"0.5": _scores(*noise)},
+            "predictive_variance_raw": _scores(0.2, 0.8, 0.7)}
+
+
+PRED = (0.20, 0.90, 0.70)
+
+
+def test_verdict_fused_beats_both() -> None:
+    rows = [_row((0.10, 0.95, 0.75), PRED, (0.15, 0.80, 0.60)),
+            _row((0.12, 0.93, 0.72), PRED, (0.14, 0.81, 0.61)),
+            _row((0.30, 0.85, 0.65), PRED, (0.25, 0.99, 0.90))]  # one seed the other way
+    lines = verdict(rows, (0.5, 1.0))
+    assert lines[0] == ("fused (w=0.5): vs predictive variance alone (w=1): fg-ECE lower in 2/3 seeds "
+                        "(mean diff -0.0267), AUROC higher in 2/3 seeds (mean diff +0.0100), fg-AUROC higher in "
+                        "2/3 seeds (mean diff +0.0067); vs noise control (w=0.5): fg-ECE lower in 2/3 seeds "
+                        "(mean diff -0.0067), AUROC higher in 2/3 seeds (mean diff +0.0433), fg-AUROC higher in "
+                        "2/3 seeds (mean diff +0.0033)")
+    assert lines[1] == ("fg-ECE: fused beats (majority of 3 seeds and mean) predictive variance alone at w = 0.5, "
+                        "its noise control at w = 0.5, both at w = 0.5")
+    assert lines[4].startswith("fusion helps on fg-ECE (w = 0.5); AUROC (w = 0.5); fg-AUROC (w = 0.5)")
+    assert "NOT reproduced" in lines[4] and "; not on" not in lines[4]
+    # a majority of small wins with a worse mean (the third seed's loss is large) does not count as beating
+    rows[2] = _row((0.30, 0.85, 0.65), PRED, (0.10, 0.99, 0.90))
+    lines = verdict(rows, (0.5, 1.0))
+    assert "fg-ECE lower in 2/3 seeds (mean diff +0.0433)" in lines[0]
+    assert lines[1].endswith("its noise control at w = none, both at w = none")
+    assert lines[4].startswith("fusion helps on AUROC (w = 0.5); fg-AUROC (w = 0.5)") and "; not on fg-ECE" in lines[4]
+
+
+def test_verdict_fused_beats_predictive_but_not_noise() -> None:
+    # the fg-ECE artefact: fused lowers fg-ECE vs V_pred alone, but noise lowers it more; AUROC drops vs V_pred
+    rows = [_row((0.10, 0.85, 0.65), PRED, (0.08, 0.80, 0.60)),
+            _row((0.12, 0.86, 0.66), PRED, (0.09, 0.81, 0.61)),
+            _row((0.11, 0.84, 0.64), PRED, (0.13, 0.82, 0.62))]
+    lines = verdict(rows, (0.5, 1.0))
+    assert lines[0].startswith("fused (w=0.5): vs predictive variance alone (w=1): fg-ECE lower in 3/3 seeds "
+                               "(mean diff -0.0900), AUROC higher in 0/3 seeds")
+    assert "; vs noise control (w=0.5): fg-ECE lower in 1/3 seeds (mean diff +0.0100), AUROC higher in 3/3" in lines[0]
+    assert lines[1] == ("fg-ECE: fused beats (majority of 3 seeds and mean) predictive variance alone at w = 0.5, "
+                        "its noise control at w = none, both at w = none")
+    assert lines[2] == ("AUROC: fused beats (majority of 3 seeds and mean) predictive variance alone at w = none, "
+                        "its noise control at w = 0.5, both at w = none")
+    assert lines[4] == ("fusion helps on no metric (no fused w beats both predictive variance alone and the noise "
+                        "control in a majority of 3 seeds and on the mean): the seed's null result is reproduced")
+    assert "helps on fg-ECE" not in "\n".join(lines)
+
+
+def test_verdict_without_fused_weight_says_untested() -> None:
+    rows = [{"weights": {"0": _scores(0.1, 0.6, 0.5), "1": _scores(*PRED)},
+             "noise_control": {"0": _scores(0.1, 0.5, 0.5)}, "predictive_variance_raw": _scores(*PRED)}]
+    lines = verdict(rows, (0.0, 1.0))
+    assert lines[0].startswith("saliency variance alone (w=0): vs predictive variance alone (w=1): fg-ECE lower in 1/1")
+    assert "; vs noise alone (w=0): fg-ECE lower in 0/1 seeds (mean diff +0.0000), AUROC higher in 1/1" in lines[0]
+    assert lines[1] == "no fused weight (0 < w < 1) in the sweep: the seed's claim is not tested"

@@ -71,7 +71,8 @@ def saliency(
                                               "alone, always added; w=0: saliency variance alone).")]
     = "0,0.25,0.5,0.75,1",
 ) -> None:
-    """The saliency-fusion seed's 2D comparison: fg-ECE / AUROC of predictive vs saliency vs fused variance."""
+    """The saliency-fusion seed's 2D comparison: fg-ECE / AUROC of predictive vs saliency vs fused variance,
+    each fused w also against a uniform-noise control (fusion 'helps' only where it beats both)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tunepp_deploy.errors import ConfigError

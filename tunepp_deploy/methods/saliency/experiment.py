@@ -20,7 +20,22 @@ normalised per image** as the fusion normalises its inputs — so the sweep comp
 scale and the only change along it is the mixing. The raw predictive variance (pooled without the
 per-image normalisation, as :func:`run_saliency_comparison` scores it) is scored as well, to show
 what that normalisation alone costs; ``w = 1`` is always scored because the verdict compares against
-it. Also :func:`tunepp_forward_sample` for the same maps on 3D TUNE++ (sample s = mask set s).
+it.
+
+**Noise control.** For every ``w < 1`` the experiment also scores ``w norm(V_pred) + (1 - w) norm(N)``
+with ``N`` i.i.d. uniform [0, 1) noise per pixel, the same shape as ``V_sal`` and min-max normalised
+per image exactly as ``V_sal`` is (it goes through the same :func:`~.fusion.fuse`). Why: fg-ECE reads
+``1 - norm(U)`` as a confidence, and ``V_pred`` alone is near zero on most pixels, so almost every
+foreground pixel gets confidence near 1 while the foreground accuracy is lower; *any* spread-out
+added term pulls that "confidence" down toward the accuracy and lowers fg-ECE — a one-off check
+found uniform noise did so as much as or more than real saliency. So "fused has lower fg-ECE than
+``V_pred`` alone" is not evidence that saliency carries information; the verdict
+(:func:`verdict`) says fusion *helps* on a metric only where the fused map beats both ``V_pred``
+alone and the noise control at the same ``w``. ``N`` is drawn from
+``numpy.random.default_rng([NOISE_STREAM, seed])`` (:func:`noise_map`): reproducible per run seed,
+and a stream separate from the split / init / batch / dropout-mask draws, which use ``seed`` itself.
+
+Also :func:`tunepp_forward_sample` for the same maps on 3D TUNE++ (sample s = mask set s).
 """
 
 from __future__ import annotations
@@ -54,8 +69,19 @@ from tunepp_deploy.model import TUNEPP
 ECE_PIXELS = "union of predicted and true foreground (pred > 0 or label > 0), pooled over the test images"
 REFERENCE_W = 1.0
 METRICS = ("fg_ece", "auroc", "fg_auroc")
+#: Metrics where a lower value is better (the others: higher is better).
+LOWER_IS_BETTER = frozenset({"fg_ece"})
+_METRIC_NAMES = {"fg_ece": "fg-ECE", "auroc": "AUROC", "fg_auroc": "fg-AUROC"}
+#: Second entropy word of the noise control's generator, ``default_rng([NOISE_STREAM, seed])`` ("nois").
+NOISE_STREAM = 0x6E6F6973
+NOISE_CONTROL = ("i.i.d. uniform [0, 1) noise N per test pixel from numpy.random.default_rng([NOISE_STREAM, seed]), "
+                 "NOISE_STREAM = 0x6E6F6973, same shape as V_sal and min-max normalised per image like it; scored "
+                 "as w*norm(V_pred) + (1-w)*norm(N) for every w < 1. It controls for the fg-ECE artefact: fg-ECE "
+                 "reads 1 - norm(U) as a confidence, so any spread-out added term lowers it, informative or not")
 #: ``progress(seed, stage, done, total)``; stages ``train`` (iterations), ``mc`` (test chunks), ``score``.
 Progress = Callable[[int, str, int, int], None]
+#: One map's scores from a per-seed row.
+Getter = Callable[[dict[str, Any]], dict[str, float]]
 
 
 def tunepp_forward_sample(net: TUNEPP, masks: SampleMasks) -> Callable[[Tensor, int], Tensor]:
@@ -145,6 +171,8 @@ def check_settings(s: SaliencySettings) -> SaliencySettings:
     """Validated copy of ``s`` (weights via :func:`check_weights`; seeds unique and non-empty)."""
     if not s.seeds:
         raise ConfigError("--seeds: give at least one seed")
+    if min(s.seeds) < 0:
+        raise ConfigError(f"--seeds: seeds must be >= 0 (numpy generators), got {min(s.seeds)}")
     if len(set(s.seeds)) != len(s.seeds):
         raise ConfigError(f"--seeds: repeated seed in {','.join(map(str, s.seeds))}")
     if s.iters < 1 or s.samples < 2:
@@ -187,8 +215,19 @@ def seed_maps(data: Data2d, seed: int, s: SaliencySettings, progress: Progress |
                     torch.cat(sv))
 
 
+def noise_map(seed: int, like: Tensor) -> Tensor:
+    """The noise control's ``N``: i.i.d. uniform [0, 1) per pixel, shape and dtype of ``like`` (module doc).
+
+    Drawn from ``default_rng([NOISE_STREAM, seed])`` so two runs of one seed get the same ``N`` and the
+    draw is independent of the split / init / mask draws that use ``seed`` directly.
+    """
+    rng = np.random.default_rng([NOISE_STREAM, seed])
+    return torch.from_numpy(rng.random(tuple(like.shape))).to(like.dtype)
+
+
 def score_maps(maps: SeedMaps, weights: Sequence[float], num_classes: int) -> dict[str, Any]:
-    """Segmentation quality and, per ``w``, :func:`uncertainty_calibration` of ``fuse(V_pred, V_sal, w)``."""
+    """Segmentation quality and, per ``w``, :func:`uncertainty_calibration` of ``fuse(V_pred, V_sal, w)``;
+    for ``w < 1`` also of the noise control ``fuse(V_pred, N, w)`` (:func:`noise_map`)."""
     pred = maps.probs.argmax(0)
     region = (pred > 0) | (maps.labels > 0)
     dice = dice_per_class(pred, maps.labels, num_classes)
@@ -200,10 +239,15 @@ def score_maps(maps: SeedMaps, weights: Sequence[float], num_classes: int) -> di
         "fg_error_rate": float((pred != maps.labels)[region].mean()) if region.any() else float("nan"),
         "predictive_variance_raw": uncertainty_calibration(maps.predictive_variance.numpy(), maps.probs, maps.labels),
         "weights": {},
+        "noise_control": {},
     }
+    noise = noise_map(maps.seed, maps.saliency_variance)
     for w in weights:
         u = fuse(maps.predictive_variance, maps.saliency_variance, w).numpy()
         out["weights"][_wkey(w)] = uncertainty_calibration(u, maps.probs, maps.labels)
+        if w < REFERENCE_W:
+            un = fuse(maps.predictive_variance, noise, w).numpy()
+            out["noise_control"][_wkey(w)] = uncertainty_calibration(un, maps.probs, maps.labels)
     return out
 
 
@@ -223,51 +267,110 @@ def _label(w: float) -> str:
     return "saliency variance alone (w=0)" if w == 0.0 else f"fused (w={w:g})"
 
 
-def _compare(per_seed: list[dict[str, Any]], a: str, b: str, metric: str, get: Callable[[dict, str], dict]) -> str:
-    """``fg-ECE lower in 2/3 seeds (mean diff +0.0123)`` for map ``a`` vs map ``b``."""
-    pairs = [(get(r, a)[metric], get(r, b)[metric]) for r in per_seed]
-    pairs = [(x, y) for x, y in pairs if math.isfinite(x) and math.isfinite(y)]
-    name = {"fg_ece": "fg-ECE", "auroc": "AUROC", "fg_auroc": "fg-AUROC"}[metric]
+def _better(x: float, y: float, metric: str) -> bool:
+    """``x`` strictly better than ``y`` (NaN is never better)."""
+    return x < y if metric in LOWER_IS_BETTER else x > y
+
+
+def _pairs(per_seed: list[dict[str, Any]], a: Getter, b: Getter, metric: str) -> list[tuple[float, float]]:
+    return [(a(r)[metric], b(r)[metric]) for r in per_seed]
+
+
+def _wins(per_seed: list[dict[str, Any]], a: Getter, b: Getter, metric: str) -> int:
+    """Seeds where map ``a`` is strictly better than map ``b`` on ``metric``."""
+    return sum(_better(x, y, metric) for x, y in _pairs(per_seed, a, b, metric))
+
+
+def _mean_diff(per_seed: list[dict[str, Any]], a: Getter, b: Getter, metric: str) -> float:
+    """Mean over seeds of ``a - b`` (seeds where either is undefined left out; NaN if none is left)."""
+    d = [x - y for x, y in _pairs(per_seed, a, b, metric) if math.isfinite(x) and math.isfinite(y)]
+    return float(np.mean(d)) if d else float("nan")
+
+
+def _beats(per_seed: list[dict[str, Any]], a: Getter, b: Getter, metric: str) -> bool:
+    """``a`` beats ``b``: strictly better in a strict majority of all seeds *and* better on the mean difference.
+
+    The majority alone would let 3/5 small wins outvote 2/5 large losses; the mean alone would let one
+    outlier seed decide. An undefined number in a seed counts against ``a``.
+    """
+    diff = _mean_diff(per_seed, a, b, metric)
+    return (2 * _wins(per_seed, a, b, metric) > len(per_seed) and math.isfinite(diff)
+            and _better(diff, 0.0, metric))
+
+
+def _compare(per_seed: list[dict[str, Any]], a: Getter, b: Getter, metric: str) -> str:
+    """``fg-ECE lower in 2/3 seeds (mean diff +0.0123)`` for map ``a`` vs map ``b`` (diff = a - b).
+
+    The direction word is the metric's better direction, so the count is always "a better than b".
+    """
+    pairs = [(x, y) for x, y in _pairs(per_seed, a, b, metric) if math.isfinite(x) and math.isfinite(y)]
+    name = _METRIC_NAMES[metric]
     if not pairs:
         return f"{name} undefined"
-    lower = sum(x < y for x, y in pairs)
-    diff = float(np.mean([x - y for x, y in pairs]))
-    return f"{name} lower in {lower}/{len(pairs)} seeds (mean diff {diff:+.4f})"
+    diff = _mean_diff(per_seed, a, b, metric)
+    word = "lower" if metric in LOWER_IS_BETTER else "higher"
+    return f"{name} {word} in {_wins(per_seed, a, b, metric)}/{len(pairs)} seeds (mean diff {diff:+.4f})"
+
+
+def _fused(k: str) -> Getter:
+    return lambda r: r["weights"][k]
+
+
+def _noise(k: str) -> Getter:
+    return lambda r: r["noise_control"][k]
+
+
+def _ws(ws: Sequence[float]) -> str:
+    return ", ".join(f"{w:g}" for w in ws) if ws else "none"
 
 
 def verdict(per_seed: list[dict[str, Any]], weights: Sequence[float]) -> list[str]:
-    """Lines computed from the per-seed numbers: each ``w`` vs ``w = 1``, then the seed's null-result check.
+    """Lines computed from the per-seed numbers: each ``w < 1`` vs ``w = 1`` and vs its noise control,
+    then per metric which fused weights beat which, then the summary.
 
-    Lower fg-ECE is better, higher AUROC is better. "Fusion improves calibration" is read as: some
-    ``0 < w < 1`` has lower fg-ECE than ``w = 1`` in a strict majority of seeds.
+    Lower fg-ECE is better, higher AUROC / fg-AUROC is better. A fused weight (``0 < w < 1``) *beats*
+    a map on a metric when it is strictly better in a strict majority of **all** seeds and its mean
+    difference over seeds is in the better direction (:func:`_beats`). Fusion *helps* on a metric only
+    when some fused weight beats both predictive variance alone (``w = 1``) and the noise control at
+    the same ``w`` — beating ``w = 1`` alone is what any spread-out added term does to fg-ECE (module
+    doc), so it is not evidence that saliency helps.
     """
     ref = _wkey(REFERENCE_W)
-
-    def weight(r: dict, k: str) -> dict:
-        return r["weights"][k]
-
+    n = len(per_seed)
     lines = []
     for w in weights:
-        if w == REFERENCE_W:
+        if w >= REFERENCE_W:
             continue
-        parts = [_compare(per_seed, _wkey(w), ref, m, weight) for m in METRICS]
-        lines.append(f"{_label(w)} vs predictive variance alone (w=1): " + ", ".join(parts))
-    n = len(per_seed)
-    better = [w for w in weights if 0.0 < w < REFERENCE_W
-              and 2 * sum(r["weights"][_wkey(w)]["fg_ece"] < r["weights"][ref]["fg_ece"] for r in per_seed) > n]
+        k = _wkey(w)
+        noise = "noise alone (w=0)" if w == 0.0 else f"noise control (w={k})"
+        lines.append(f"{_label(w)}: vs predictive variance alone (w=1): "
+                     + ", ".join(_compare(per_seed, _fused(k), _fused(ref), m) for m in METRICS)
+                     + f"; vs {noise}: " + ", ".join(_compare(per_seed, _fused(k), _noise(k), m) for m in METRICS))
     fused = [w for w in weights if 0.0 < w < REFERENCE_W]
     if not fused:
         lines.append("no fused weight (0 < w < 1) in the sweep: the seed's claim is not tested")
-    elif better:
-        lines.append(f"fusion lowers fg-ECE vs predictive variance alone in a majority of {n} seeds at w = "
-                     f"{', '.join(f'{w:g}' for w in better)}: the seed's null result is NOT reproduced here")
     else:
-        lines.append(f"no fused weight ({', '.join(f'{w:g}' for w in fused)}) lowers fg-ECE vs predictive variance "
-                     f"alone in a majority of {n} seeds: consistent with the seed's null result")
-    raw = [(r["weights"][ref], r["predictive_variance_raw"]) for r in per_seed]
+        helps: dict[str, list[float]] = {}
+        for m in METRICS:
+            beats_pred = [w for w in fused if _beats(per_seed, _fused(_wkey(w)), _fused(ref), m)]
+            beats_noise = [w for w in fused if _beats(per_seed, _fused(_wkey(w)), _noise(_wkey(w)), m)]
+            helps[m] = [w for w in beats_pred if w in beats_noise]
+            lines.append(f"{_METRIC_NAMES[m]}: fused beats (majority of {n} seeds and mean) predictive variance "
+                         f"alone at w = {_ws(beats_pred)}, its noise control at w = {_ws(beats_noise)}, both at "
+                         f"w = {_ws(helps[m])}")
+        yes = [m for m in METRICS if helps[m]]
+        no = [_METRIC_NAMES[m] for m in METRICS if not helps[m]]
+        if yes:
+            lines.append("fusion helps on " + "; ".join(f"{_METRIC_NAMES[m]} (w = {_ws(helps[m])})" for m in yes)
+                         + " — beats both predictive variance alone and the noise control"
+                         + (f"; not on {', '.join(no)}" if no else "")
+                         + ": the seed's null result is NOT reproduced on " + ", ".join(_METRIC_NAMES[m] for m in yes))
+        else:
+            lines.append(f"fusion helps on no metric (no fused w beats both predictive variance alone and the noise "
+                         f"control in a majority of {n} seeds and on the mean): the seed's null result is reproduced")
+    raw = [{"a": r["weights"][ref], "b": r["predictive_variance_raw"]} for r in per_seed]
     lines.append("per-image normalisation alone (w=1 vs raw predictive variance): "
-                 + _compare([{"a": a, "b": b} for a, b in raw], "a", "b", "fg_ece", lambda r, k: r[k]) + ", "
-                 + _compare([{"a": a, "b": b} for a, b in raw], "a", "b", "auroc", lambda r, k: r[k]))
+                 + ", ".join(_compare(raw, lambda r: r["a"], lambda r: r["b"], m) for m in ("fg_ece", "auroc")))
     return lines
 
 
@@ -276,8 +379,9 @@ def summarize(per_seed: list[dict[str, Any]], weights: Sequence[float]) -> dict[
     out: dict[str, Any] = {k: _mean_sd([r[k] for r in per_seed]) for k in ("pixel_accuracy", "dice")}
     out["predictive_variance_raw"] = {m: _mean_sd([r["predictive_variance_raw"][m] for r in per_seed])
                                       for m in METRICS}
-    out["weights"] = {_wkey(w): {m: _mean_sd([r["weights"][_wkey(w)][m] for r in per_seed]) for m in METRICS}
-                      for w in weights}
+    for key in ("weights", "noise_control"):
+        out[key] = {_wkey(w): {m: _mean_sd([r[key][_wkey(w)][m] for r in per_seed]) for m in METRICS}
+                    for w in weights if key == "weights" or w < REFERENCE_W}
     return out
 
 
@@ -301,17 +405,21 @@ def run_saliency_experiment(data: Data2d, settings: SaliencySettings, progress: 
             "ece_pixels": ECE_PIXELS,
             "normalisation": "V_pred and V_sal min-max normalised per image before fusing (fusion.fuse); every w row "
                              "uses that scale, w=1 is V_pred alone on it; predictive_variance_raw skips it",
+            "noise_control": NOISE_CONTROL,
             "per_seed": per_seed, "summary": summarize(per_seed, s.weights), "verdict": verdict(per_seed, s.weights),
             "seconds": time.perf_counter() - t0}
 
 
 __all__ = [
     "ECE_PIXELS",
+    "NOISE_CONTROL",
+    "NOISE_STREAM",
     "Progress",
     "SaliencySettings",
     "SeedMaps",
     "check_settings",
     "check_weights",
+    "noise_map",
     "run_saliency_comparison",
     "run_saliency_experiment",
     "score_maps",

@@ -3,6 +3,9 @@
 The JSON is the record (every per-seed number, settings, data, verdict); undefined numbers (an
 AUROC with no errors, an sd of one seed) are ``null`` so the file is strict JSON. The Markdown is
 the table a reader compares: mean ± sd per map, then the per-seed rows the verdict was counted on.
+Each ``w < 1`` row is followed by its **noise control** row (``V_sal`` replaced by uniform noise,
+:mod:`.experiment`): a fused map only carries saliency information where it beats that row too,
+since any spread-out added term lowers fg-ECE; the header says so, next to the verdict.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ def _ms(d: dict[str, Any]) -> str:
     return _num(d["mean"]) + ("" if d["sd"] is None else f" ± {_num(d['sd'])}")
 
 
-def _map_name(key: str) -> str:
+def _map_name(key: str, noise: bool = False) -> str:
+    if noise:
+        return "noise control (noise alone)" if float(key) == 0.0 else "noise control"
     if key == "raw":
         return "predictive variance, raw scale (no per-image normalisation)"
     w = float(key)
@@ -62,12 +67,18 @@ def render_markdown(body: dict[str, Any]) -> str:
              "- **AUROC**: pixel error (argmax != label) vs U over all test pixels; **fg-AUROC**: over the fg-ECE "
              "pixels",
              f"- normalisation: {body['normalisation']}",
+             f"- **noise control** (rows next to each w < 1): {body['noise_control']}. Fused beating predictive "
+             "variance alone on fg-ECE is therefore not evidence that saliency helps; the verdict says fusion "
+             "*helps* on a metric only where the fused map also beats the noise control at the same w",
              f"- {body['seconds'] / 60:.1f} min", "", "## Verdict (computed from the per-seed rows below)", ""]
     lines += [f"- {v}" for v in body["verdict"]]
     lines += ["", "## Uncertainty maps, mean ± sd over seeds", "",
               "| map | w | " + " | ".join(_NAMES.values()) + " |", "|---|---|---|---|---|"]
     for key, d in summ["weights"].items():
         lines.append(f"| {_map_name(key)} | {key} | " + " | ".join(_ms(d[m]) for m in _NAMES) + " |")
+        if key in summ["noise_control"]:
+            lines.append(f"| {_map_name(key, noise=True)} | {key} | "
+                         + " | ".join(_ms(summ["noise_control"][key][m]) for m in _NAMES) + " |")
     lines.append(f"| {_map_name('raw')} | – | " + " | ".join(_ms(summ["predictive_variance_raw"][m]) for m in _NAMES)
                  + " |")
     lines += ["", "## Segmentation (argmax of the MC mean), per seed", "",
@@ -83,6 +94,10 @@ def render_markdown(body: dict[str, Any]) -> str:
     for r in rows:
         for key, d in r["weights"].items():
             lines.append(f"| {r['seed']} | {_map_name(key)} | {key} | " + " | ".join(_num(d[m]) for m in _NAMES) + " |")
+            if key in r["noise_control"]:
+                nc = r["noise_control"][key]
+                lines.append(f"| {r['seed']} | {_map_name(key, noise=True)} | {key} | "
+                             + " | ".join(_num(nc[m]) for m in _NAMES) + " |")
         raw = r["predictive_variance_raw"]
         lines.append(f"| {r['seed']} | {_map_name('raw')} | – | " + " | ".join(_num(raw[m]) for m in _NAMES) + " |")
     return "\n".join(lines) + "\n"
