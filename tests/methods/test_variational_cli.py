@@ -52,6 +52,7 @@ def test_train_vi_checkpoint_loads_and_is_not_overwritten(trained: dict[str, Pat
     assert cfg.data.crop_size == (16, 16, 8) and type(net).__name__ == "VariationalUNet"
     ckpt = torch.load(trained["ckpt"], weights_only=True)
     assert len(ckpt["split"]["train"]) == 3 and len(ckpt["split"]["val"]) == 1 and "val_dice" in ckpt["validation"]
+    assert 0.0 <= ckpt["validation"]["val_iou"] <= ckpt["validation"]["val_dice"] + 1e-9
     before = trained["ckpt"].stat().st_mtime_ns
     res = cli("train-vi", "--config", trained["config"], "--data", trained["data"], "--out", trained["ckpt"].parent,
                *TRAIN)

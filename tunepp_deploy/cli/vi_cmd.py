@@ -73,5 +73,6 @@ def train_vi(
         bar.stop()
     per_class = ", ".join(f"{k} {v:.3f}" for k, v in res.validation["val_dice_per_class"].items())
     console.print(f"trained {len(res.run.history)} iterations on {len(res.train_cases)} cases; validation mean Dice "
-                  f"{res.validation['val_dice']:.4f} on {len(res.val_cases)} held-out ({per_class}) "
+                  f"{res.validation['val_dice']:.4f} (IoU {res.validation['val_iou']:.4f}) on {len(res.val_cases)} "
+                  f"held-out ({per_class}) "
                   f"-> [bold]{res.path}[/]")
