@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from tunepp_deploy.data.nifti import load_volume, save_volume
+from tunepp_deploy.data.nifti import load_volume, save_volume, write_atomic
 from tunepp_deploy.errors import DataError
 
 
@@ -94,3 +95,16 @@ def test_gzip_of_garbage(tmp_path: Path) -> None:
     p.write_bytes(gzip.compress(b"\x00" * 500))
     with pytest.raises(DataError):
         load_volume(p)
+
+
+def test_atomic_write_gets_the_mode_of_a_plain_open(tmp_path: Path) -> None:
+    """mkstemp makes 0600 files; outputs must be as readable as ``open(path, "w")`` would make them."""
+    old = os.umask(0o022)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        atomic = tmp_path / "atomic.txt"
+        write_atomic(atomic, lambda t: t.write_text("x"))
+        assert atomic.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)

@@ -114,11 +114,20 @@ def save_volume(array: np.ndarray, reference: Volume, path: str | Path, dtype: t
     return p
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, writer: Callable[[Path], object], suffix: str = "") -> None:
     """Run ``writer(tmp_path)`` then rename onto ``path``; clean up the temporary file on failure.
 
     The temporary file lives in the destination folder so the final ``os.replace`` is an atomic
     rename on the same file system. A full disk or unwritable folder surfaces as one DataError.
+    ``mkstemp`` creates the file owner-only (0600); the result gets the mode a plain ``open`` would
+    give (0666 minus the umask), so maps and models written on a shared server stay readable.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +143,7 @@ def write_atomic(path: Path, writer: Callable[[Path], object], suffix: str = "")
     tmp = Path(tmp_name)
     try:
         writer(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
