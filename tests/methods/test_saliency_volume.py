@@ -60,3 +60,34 @@ def test_resolve_target(tiny_backbone) -> None:
     assert resolve_target(tiny_backbone, "decoder.0") is tiny_backbone.decoder[0]
     with pytest.raises(TuneppError, match="not a module"):
         resolve_target(tiny_backbone, "nope")
+
+
+def test_streamed_moments_equal_the_stacked_samples(tiny_backbone) -> None:
+    """volume_saliency keeps running sums only; stacking every stitched sample and taking the
+    variance directly (volume_maps on the stack, itself checked by hand above) must agree."""
+    from tunepp_deploy.infer.sliding_window import sliding_window
+    from tunepp_deploy.methods.saliency.gradcam import seg_grad_cam
+
+    s_count = 4
+    masks = sample_masks(tiny_backbone.dropout_sites(), WIN, s_count, seed=3)
+    fwd = tunepp_forward_sample(tiny_backbone, masks)
+    layer = resolve_target(tiny_backbone)
+    im = _image()
+    vol = torch.from_numpy(im)[None]
+    probs, cams = [], []
+    for s in range(s_count):
+        def predict(x: torch.Tensor, s: int = s) -> list[torch.Tensor]:
+            cam, logits = seg_grad_cam(lambda t: fwd(t, s), layer, x)
+            return [torch.softmax(logits, 1), cam[:, None]]
+
+        p, c = sliding_window(vol, predict, WIN, overlap=0.5, batch=2)
+        probs.append(p)
+        cams.append(c[0])
+    want = volume_maps(torch.stack(probs), torch.stack(cams), 0.4)
+    got = volume_saliency(im, fwd, layer, s_count, WIN, overlap=0.5, batch=2, w=0.4)
+    for a, b in ((got.mean_probs, want.mean_probs), (got.predictive_variance, want.predictive_variance),
+                 (got.saliency_variance, want.saliency_variance), (got.fused, want.fused)):
+        assert torch.allclose(a, b, atol=1e-6)
+    # and the stacked variance is the plain numpy one of the per-volume min-max normalised CAMs
+    normed = [(c.numpy() - c.numpy().min()) / (c.numpy().max() - c.numpy().min()) for c in cams]
+    assert np.allclose(got.saliency_variance.numpy(), np.var(normed, axis=0), atol=1e-6)

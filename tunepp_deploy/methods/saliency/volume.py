@@ -23,8 +23,11 @@ bottleneck lies before the default dropout sites, so its *activation* is the sam
 what differs per sample is the gradient flowing back through the sample's dropped channels, which
 is exactly what the saliency variance measures.
 
-Costs: S forward+backward passes per window (no trunk reuse, autograd on), and ``S * (K + 1)``
-stitched maps held at once. Torch only: ONNX Runtime and TensorRT have no autograd.
+Costs: S forward+backward passes per window (no trunk reuse, autograd on). Memory does not grow with
+S: samples are stitched one at a time (one sliding-window pass per sample, so each pass's CAM can be
+normalised over the whole volume before the next starts) and only float64 running sums of ``p``,
+``p^2``, ``norm(G)`` and ``norm(G)^2`` are kept (:class:`SampleMoments`) — a Synapse volume at S = 25
+would otherwise need 25 x 15 stitched maps. Torch only: ONNX Runtime and TensorRT have no autograd.
 """
 
 from __future__ import annotations
@@ -38,8 +41,7 @@ from torch import Tensor, nn
 
 from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.infer.sliding_window import sliding_window
-from tunepp_deploy.infer.uncertainty import epistemic_variance
-from tunepp_deploy.methods.saliency.fusion import DEFAULT_FUSION_WEIGHT, fuse, saliency_variance
+from tunepp_deploy.methods.saliency.fusion import DEFAULT_FUSION_WEIGHT, fuse, minmax
 from tunepp_deploy.methods.saliency.gradcam import seg_grad_cam
 
 #: ``forward_sample(x [B, C, *window], s) -> logits [B, K, *window]`` under sample ``s``'s masks.
@@ -73,37 +75,57 @@ def resolve_target(net: nn.Module, name: str = BOTTLENECK) -> nn.Module:
     return modules[name]
 
 
+class SampleMoments:
+    """Running float64 sums over samples of the stitched softmax and the normalised CAM.
+
+    ``Var = E[x^2] - E[x]^2`` is exact enough in float64 for values in [0, 1] and is exactly 0 for
+    one sample (both terms are the same product), which the S = 1 case relies on.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._p: Tensor | None = None
+        self._p2: Tensor | None = None
+        self._n: Tensor | None = None
+        self._n2: Tensor | None = None
+
+    def add(self, probs: Tensor, cam: Tensor) -> None:
+        """One sample: stitched softmax ``probs [K, ...]`` and its stitched CAM ``cam [...]``."""
+        if probs.shape[1:] != cam.shape:
+            raise ValueError(f"probs {tuple(probs.shape)} and cam {tuple(cam.shape)} disagree")
+        p = probs.double()
+        n = minmax(cam.double()[None])[0]
+        if self._p is None:
+            self._p, self._p2, self._n, self._n2 = p.clone(), p * p, n.clone(), n * n
+        else:
+            assert self._p2 is not None and self._n is not None and self._n2 is not None
+            self._p += p
+            self._p2 += p * p
+            self._n += n
+            self._n2 += n * n
+        self.count += 1
+
+    def finish(self, w: float = DEFAULT_FUSION_WEIGHT) -> VolumeSaliency:
+        """The maps of the module docstring from the samples added so far."""
+        if self._p is None or self._p2 is None or self._n is None or self._n2 is None:
+            raise ValueError("no samples were added")
+        s = float(self.count)
+        mean_p = self._p / s
+        pv = (self._p2 / s - mean_p * mean_p).clamp_min(0.0).sum(0).float()
+        mean_n = self._n / s
+        sv = (self._n2 / s - mean_n * mean_n).clamp_min(0.0).float()
+        return VolumeSaliency(mean_p.float(), pv, sv, fuse(pv[None], sv[None], w)[0], self.count)
+
+
 def volume_maps(probs: Tensor, cams: Tensor, w: float = DEFAULT_FUSION_WEIGHT) -> VolumeSaliency:
     """Maps from stitched per-sample softmaxes ``probs [S, K, ...]`` and CAMs ``cams [S, ...]``
     (module docstring: each CAM min-max normalised over the whole volume, then the variance)."""
     if probs.shape[0] != cams.shape[0] or probs.shape[2:] != cams.shape[1:]:
         raise ValueError(f"probs {tuple(probs.shape)} and cams {tuple(cams.shape)} disagree")
-    pv = epistemic_variance(probs)
-    sv = saliency_variance(cams[:, None])[0]
-    return VolumeSaliency(probs.mean(0), pv, sv, fuse(pv[None], sv[None], w)[0], int(probs.shape[0]))
-
-
-def stitched_samples(
-    image: np.ndarray, forward_sample: ForwardSample, target: nn.Module, samples: int, window: Sequence[int],
-    overlap: float = 0.5, batch: int = 2, classes: Sequence[int] | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[Tensor, Tensor]:
-    """``(probs [S, K, D, H, W], cams [S, D, H, W])``: every sample's softmax and Seg-Grad-CAM on
-    ``target``, each stitched over ``image [D, H, W]`` with the sliding-window blend."""
-    vol = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-    k: list[int] = []
-
-    def predict(x: Tensor) -> list[Tensor]:
-        probs, cams = [], []
-        for s in range(samples):
-            cam, logits = seg_grad_cam(lambda t, s=s: forward_sample(t, s), target, x, classes)
-            probs.append(torch.softmax(logits.float(), 1))
-            cams.append(cam.float())
-        k[:] = [probs[0].shape[1]]
-        return [torch.cat(probs, 1), torch.stack(cams, 1)]  # [B, S*K, ...] (sample-major), [B, S, ...]
-
-    p, c = sliding_window(vol, predict, window, overlap=overlap, batch=batch, progress=progress)
-    return p.view(samples, k[0], *p.shape[1:]), c
+    acc = SampleMoments()
+    for p, c in zip(probs, cams, strict=True):
+        acc.add(p, c)
+    return acc.finish(w)
 
 
 def volume_saliency(
@@ -111,17 +133,28 @@ def volume_saliency(
     overlap: float = 0.5, batch: int = 2, w: float = DEFAULT_FUSION_WEIGHT, classes: Sequence[int] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> VolumeSaliency:
-    """Saliency-variance fusion over a whole preprocessed scan (module docstring)."""
-    probs, cams = stitched_samples(image, forward_sample, target, samples, window, overlap, batch, classes, progress)
-    return volume_maps(probs, cams, w)
+    """Saliency-variance fusion over a whole preprocessed scan ``image [D, H, W]`` (module docstring):
+    one sliding-window pass per sample (softmax + Seg-Grad-CAM on ``target``), moments streamed.
+    ``progress(n)`` is called with the windows done, ``samples`` passes in all."""
+    vol = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    acc = SampleMoments()
+    for s in range(samples):
+
+        def predict(x: Tensor, s: int = s) -> list[Tensor]:
+            cam, logits = seg_grad_cam(lambda t: forward_sample(t, s), target, x, classes)
+            return [torch.softmax(logits.float(), 1), cam.float()[:, None]]
+
+        p, c = sliding_window(vol, predict, window, overlap=overlap, batch=batch, progress=progress)
+        acc.add(p, c[0])
+    return acc.finish(w)
 
 
 __all__ = [
     "BOTTLENECK",
     "ForwardSample",
+    "SampleMoments",
     "VolumeSaliency",
     "resolve_target",
-    "stitched_samples",
     "volume_maps",
     "volume_saliency",
 ]
