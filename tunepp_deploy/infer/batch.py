@@ -17,14 +17,17 @@ how a folder of cases is walked, so the walk is written once here. A method supp
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tunepp_deploy.data.layout import case_name, list_images
-from tunepp_deploy.data.nifti import write_atomic
+from tunepp_deploy.data.nifti import Volume, save_volume, write_atomic
 from tunepp_deploy.errors import DataError, TuneppError
 
 #: ``on_case(name, status, message)`` with status ``done``, ``skipped`` or ``failed``.
@@ -88,6 +91,36 @@ def write_report(path: Path, report: dict[str, Any]) -> Path:
     return path
 
 
+class StageTimer:
+    """Wall seconds per stage of one case (the report's ``timing_s``): :meth:`lap` closes a stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._t, 4)
+        self._t = now
+
+
+def save_case(
+    paths: Mapping[str, Path], vol: Volume, seg: np.ndarray, maps: Mapping[str, np.ndarray],
+    map_names: Sequence[str], report: dict[str, Any], timer: StageTimer,
+) -> Path:
+    """Write a case the way every method does: ``seg`` (uint8) and the ``map_names`` maps (float32)
+    with ``vol``'s geometry, then the report **last** with the output names and the stage timing;
+    on any failure the files already written are removed (:func:`case_outputs`). Returns the report path."""
+    with case_outputs() as written:
+        written.append(save_volume(seg, vol, paths["seg"], dtype=np.uint8))
+        for m in map_names:
+            written.append(save_volume(maps[m], vol, paths[m], dtype=np.float32))
+        timer.lap("write")
+        outputs = {k: p.name for k, p in paths.items() if k != "report"}
+        write_report(paths["report"], {**report, "outputs": outputs, "timing_s": timer.seconds})
+    return paths["report"]
+
+
 def _one_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
@@ -139,10 +172,12 @@ __all__ = [
     "CASE_FAILURES",
     "BatchResult",
     "CaseCallback",
+    "StageTimer",
     "WindowProgress",
     "case_outputs",
     "check_output_dir",
     "report_path",
     "run_batch",
+    "save_case",
     "write_report",
 ]

@@ -22,7 +22,6 @@ goes on — the loop over cases is :mod:`tunepp_deploy.infer.batch`, shared with
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,16 +32,16 @@ import torch
 
 from tunepp_deploy import __version__
 from tunepp_deploy.data.layout import case_name
-from tunepp_deploy.data.nifti import load_volume, save_volume
+from tunepp_deploy.data.nifti import load_volume
 from tunepp_deploy.data.preprocess import preprocess_image, resample_tensor
 from tunepp_deploy.infer.batch import (
     BatchResult,
     CaseCallback,
-    case_outputs,
+    StageTimer,
     check_output_dir,
     report_path,
     run_batch,
-    write_report,
+    save_case,
 )
 from tunepp_deploy.infer.masks import SampleMasks, sample_masks
 from tunepp_deploy.infer.mc import MCSettings, mc_predict
@@ -104,15 +103,8 @@ def infer_case(
     meta = runner.meta
     name = case_name(image)
     paths = output_paths(out_dir, name)
-    timing: dict[str, float] = {}
-    t = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        timing[stage] = round(now - t, 4)
-        t = now
-
+    timer = StageTimer()
+    lap = timer.lap
     vol = load_volume(image)
     lap("load")
     pre = preprocess_image(vol.array, vol.spacing, meta.spacing, meta.intensity)
@@ -125,39 +117,31 @@ def infer_case(
     report_maps = {k: maps[k] for k in ("total", "epistemic", "aleatoric", "mutual_information", "predictive_entropy")}
     body = build_report(seg, report_maps, meta.classes, vol.spacing, vol.affine, opts.flag_threshold)
     lap("report")
-    with case_outputs() as written:
-        written.append(save_volume(seg, vol, paths["seg"], dtype=np.uint8))
-        for m in MAP_NAMES:
-            written.append(save_volume(maps[m], vol, paths[m], dtype=np.float32))
-        lap("write")
-        report: dict[str, Any] = {
-            "name": name,
-            "input": str(image),
-            "input_shape": list(vol.shape),
-            "input_spacing": list(vol.spacing),
-            "model_grid_shape": list(pre.shape),
-            "model_spacing": list(meta.spacing),
-            "tunepp_version": __version__,
-            "model_version": meta.version,
-            "backend": runner.name,
-            "runner": runner.describe(),
-            "temperature": getattr(runner, "temperature", None),
-            "samples": masks.samples,
-            "seed": masks.seed,
-            "overlap": opts.mc.overlap,
-            "windows": result.windows,
-            "runner_calls": result.calls,
-            "windows_per_call": result.plan.windows_per_call,
-            "samples_per_call": result.plan.samples_per_call,
-            "blend": result.blend,
-            "classes": meta.classes,
-            "outputs": {k: p.name for k, p in paths.items() if k != "report"},
-            "uncertainty_definitions": "see tunepp_deploy/infer/uncertainty.py (total = epistemic + aleatoric)",
-            **body,
-            "timing_s": timing,
-        }
-        write_report(paths["report"], report)
-    return paths["report"]
+    report: dict[str, Any] = {
+        "name": name,
+        "input": str(image),
+        "input_shape": list(vol.shape),
+        "input_spacing": list(vol.spacing),
+        "model_grid_shape": list(pre.shape),
+        "model_spacing": list(meta.spacing),
+        "tunepp_version": __version__,
+        "model_version": meta.version,
+        "backend": runner.name,
+        "runner": runner.describe(),
+        "temperature": getattr(runner, "temperature", None),
+        "samples": masks.samples,
+        "seed": masks.seed,
+        "overlap": opts.mc.overlap,
+        "windows": result.windows,
+        "runner_calls": result.calls,
+        "windows_per_call": result.plan.windows_per_call,
+        "samples_per_call": result.plan.samples_per_call,
+        "blend": result.blend,
+        "classes": meta.classes,
+        "uncertainty_definitions": "see tunepp_deploy/infer/uncertainty.py (total = epistemic + aleatoric)",
+        **body,
+    }
+    return save_case(paths, vol, seg, maps, MAP_NAMES, report, timer)
 
 
 def infer_paths(

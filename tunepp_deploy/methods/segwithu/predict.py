@@ -21,7 +21,6 @@ Backends: ``head.pt`` on torch or the single-pass ONNX graph (:mod:`.export`) on
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,16 +30,16 @@ import torch
 
 from tunepp_deploy import __version__
 from tunepp_deploy.data.layout import case_name
-from tunepp_deploy.data.nifti import load_volume, save_volume
+from tunepp_deploy.data.nifti import load_volume
 from tunepp_deploy.data.preprocess import preprocess_image, resample_tensor
 from tunepp_deploy.infer.batch import (
     BatchResult,
     CaseCallback,
+    StageTimer,
     WindowProgress,
-    case_outputs,
     report_path,
     run_batch,
-    write_report,
+    save_case,
 )
 from tunepp_deploy.infer.pipeline import DEFAULT_FLAG_THRESHOLD
 from tunepp_deploy.infer.report import build_report
@@ -112,15 +111,8 @@ def infer_segwithu_case(
     overlap = cfg.infer.overlap if opts.overlap is None else opts.overlap
     name = case_name(image)
     paths = output_paths(out_dir, name)
-    timing: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal t0
-        now = time.perf_counter()
-        timing[stage] = round(now - t0, 4)
-        t0 = now
-
+    timer = StageTimer()
+    lap = timer.lap
     vol = load_volume(image)
     lap("load")
     pre = preprocess_image(vol.array, vol.spacing, cfg.data.spacing, cfg.data.intensity)
@@ -138,34 +130,26 @@ def infer_segwithu_case(
     report_maps = {"total": grid["ranking"], "calibration": grid["calibration"], "temperature": grid["temperature"]}
     body = build_report(seg, report_maps, list(cfg.data.classes), vol.spacing, vol.affine, opts.flag_threshold)
     lap("report")
-    with case_outputs() as written:
-        written.append(save_volume(seg, vol, paths["seg"], dtype=np.uint8))
-        for m in MAP_NAMES:
-            written.append(save_volume(grid[m], vol, paths[m], dtype=np.float32))
-        lap("write")
-        report: dict[str, Any] = {
-            "name": name,
-            "input": str(image),
-            "method": "segwithu",
-            "input_shape": list(vol.shape),
-            "input_spacing": list(vol.spacing),
-            "model_grid_shape": list(pre.shape),
-            "model_spacing": list(cfg.data.spacing),
-            "tunepp_version": __version__,
-            "backend": runner.name,
-            "runner": runner.describe(),
-            "samples": 1,
-            "overlap": overlap,
-            "window": list(runner.window),
-            "windows": count_windows(pre.shape, runner.window, overlap),
-            "classes": list(cfg.data.classes),
-            "outputs": {k: p.name for k, p in paths.items() if k != "report"},
-            "uncertainty_definitions": DEFINITIONS,
-            **body,
-            "timing_s": timing,
-        }
-        write_report(paths["report"], report)
-    return paths["report"]
+    report: dict[str, Any] = {
+        "name": name,
+        "input": str(image),
+        "method": "segwithu",
+        "input_shape": list(vol.shape),
+        "input_spacing": list(vol.spacing),
+        "model_grid_shape": list(pre.shape),
+        "model_spacing": list(cfg.data.spacing),
+        "tunepp_version": __version__,
+        "backend": runner.name,
+        "runner": runner.describe(),
+        "samples": 1,
+        "overlap": overlap,
+        "window": list(runner.window),
+        "windows": count_windows(pre.shape, runner.window, overlap),
+        "classes": list(cfg.data.classes),
+        "uncertainty_definitions": DEFINITIONS,
+        **body,
+    }
+    return save_case(paths, vol, seg, grid, MAP_NAMES, report, timer)
 
 
 def infer_segwithu_paths(

@@ -18,24 +18,21 @@ sample ``s`` is one network applied to every window of the scan, identical on to
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tunepp_deploy import __version__
 from tunepp_deploy.data.layout import case_name
-from tunepp_deploy.data.nifti import load_volume, save_volume
+from tunepp_deploy.data.nifti import load_volume
 from tunepp_deploy.data.preprocess import preprocess_image
 from tunepp_deploy.infer.batch import (
     BatchResult,
     CaseCallback,
+    StageTimer,
     WindowProgress,
-    case_outputs,
     run_batch,
-    write_report,
+    save_case,
 )
 from tunepp_deploy.infer.pipeline import DEFAULT_FLAG_THRESHOLD, MAP_NAMES, output_paths, to_input_grid
 from tunepp_deploy.infer.report import build_report
@@ -84,15 +81,8 @@ def infer_variational_case(
     cfg = runner.cfg
     name = case_name(image)
     paths = output_paths(out_dir, name)
-    timing: dict[str, float] = {}
-    t = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        timing[stage] = round(now - t, 4)
-        t = now
-
+    timer = StageTimer()
+    lap = timer.lap
     vol = load_volume(image)
     lap("load")
     pre = preprocess_image(vol.array, vol.spacing, cfg.data.spacing, cfg.data.intensity)
@@ -116,37 +106,29 @@ def infer_variational_case(
     report_maps = {k: maps[k] for k in ("total", "epistemic", "aleatoric", "mutual_information", "predictive_entropy")}
     body = build_report(seg, report_maps, list(cfg.data.classes), vol.spacing, vol.affine, opts.flag_threshold)
     lap("report")
-    with case_outputs() as written:
-        written.append(save_volume(seg, vol, paths["seg"], dtype=np.uint8))
-        for m in MAP_NAMES:
-            written.append(save_volume(maps[m], vol, paths[m], dtype=np.float32))
-        lap("write")
-        report: dict[str, Any] = {
-            "name": name,
-            "input": str(image),
-            "method": "variational",
-            "arch": runner.settings.get("arch"),
-            "input_shape": list(vol.shape),
-            "input_spacing": list(vol.spacing),
-            "model_grid_shape": list(pre.shape),
-            "model_spacing": list(cfg.data.spacing),
-            "tunepp_version": __version__,
-            "backend": runner.name,
-            "runner": runner.describe(),
-            "samples": r.samples,
-            "seed": r.seed,
-            "overlap": r.overlap,
-            "window": list(runner.window),
-            "windows": windows,
-            "blend": "sample",
-            "classes": list(cfg.data.classes),
-            "outputs": {k: p.name for k, p in paths.items() if k != "report"},
-            "uncertainty_definitions": DEFINITIONS,
-            **body,
-            "timing_s": timing,
-        }
-        write_report(paths["report"], report)
-    return paths["report"]
+    report: dict[str, Any] = {
+        "name": name,
+        "input": str(image),
+        "method": "variational",
+        "arch": runner.settings.get("arch"),
+        "input_shape": list(vol.shape),
+        "input_spacing": list(vol.spacing),
+        "model_grid_shape": list(pre.shape),
+        "model_spacing": list(cfg.data.spacing),
+        "tunepp_version": __version__,
+        "backend": runner.name,
+        "runner": runner.describe(),
+        "samples": r.samples,
+        "seed": r.seed,
+        "overlap": r.overlap,
+        "window": list(runner.window),
+        "windows": windows,
+        "blend": "sample",
+        "classes": list(cfg.data.classes),
+        "uncertainty_definitions": DEFINITIONS,
+        **body,
+    }
+    return save_case(paths, vol, seg, maps, MAP_NAMES, report, timer)
 
 
 def infer_variational_paths(
