@@ -36,16 +36,21 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: TuneppConfig,
     return p
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict with ``weights_only=True``; unreadable or foreign files raise one line."""
-    p = Path(path)
+def _load(p: Path, what: str) -> Any:
+    """``torch.load(weights_only=True)`` of an existing file; anything unreadable is one line naming ``what``."""
     if not p.is_file():
         raise TuneppError(f"{p}: checkpoint not found")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt/foreign files
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelMismatchError(f"{p}: not a tunepp checkpoint ({msg[:160]})") from None
+        raise ModelMismatchError(f"{p}: not a {what} checkpoint ({msg[:160]})") from None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict with ``weights_only=True``; unreadable or foreign files raise one line."""
+    p = Path(path)
+    ckpt = _load(p, "tunepp")
     if isinstance(ckpt, dict) and ckpt.get("method") is not None:  # another method's (variational, segwithu)
         raise ModelMismatchError(f"{p}: a {ckpt['method']}-method checkpoint, not a TUNE++ one "
                                  f"(`tunepp infer --method auto` runs it)")
@@ -56,6 +61,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{p}: checkpoint format {ckpt.get('format')} from tunepp {ckpt.get('version')}, "
             f"this is tunepp {__version__} (format {CHECKPOINT_FORMAT})"
         )
+    return ckpt
+
+
+def read_method_checkpoint(path: str | Path, method: str, what: str, trained_by: str) -> dict[str, Any]:
+    """The checkpoint dict of another uncertainty method (``ckpt["method"] == method``, e.g. the
+    SegWithU head or a variational network), loaded like :func:`read_checkpoint`; a missing,
+    unreadable or foreign file is one line naming ``what`` and the command that makes one."""
+    p = Path(path)
+    ckpt = _load(p, what)
+    if not isinstance(ckpt, dict) or ckpt.get("method") != method:
+        raise ModelMismatchError(f"{p}: not a {what} checkpoint (train one with `{trained_by}`)")
     return ckpt
 
 

@@ -16,10 +16,10 @@ from torch import Tensor, nn
 from tunepp_deploy.config.load import config_from_dict, config_to_dict
 from tunepp_deploy.config.schema import TuneppConfig
 from tunepp_deploy.data.nifti import write_atomic
-from tunepp_deploy.errors import ModelMismatchError
 from tunepp_deploy.methods.segwithu.head import DEFAULT_RANK, DEFAULT_WIDTH, SegWithUHead, SegWithUOutput
 from tunepp_deploy.methods.segwithu.taps import BackboneTaps, tap_channels
 from tunepp_deploy.model import TUNEPP, build_network
+from tunepp_deploy.train.checkpoint import read_method_checkpoint
 
 CHECKPOINT_METHOD = "segwithu"
 
@@ -59,14 +59,7 @@ def save_segwithu(path: str | Path, model: SegWithU, cfg: TuneppConfig, **extra:
 def load_segwithu(path: str | Path) -> tuple[SegWithU, TuneppConfig]:
     """``(model in eval mode, backbone config)``; other files are refused in one line."""
     p = Path(path)
-    if not p.is_file():
-        raise ModelMismatchError(f"{p}: SegWithU checkpoint not found")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for corrupt or foreign files
-        raise ModelMismatchError(f"{p}: not a SegWithU head checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("method") != CHECKPOINT_METHOD:
-        raise ModelMismatchError(f"{p}: not a SegWithU head checkpoint (train one with `tunepp train-head`)")
+    ckpt = read_method_checkpoint(p, CHECKPOINT_METHOD, "SegWithU head", "tunepp train-head")
     cfg = config_from_dict(ckpt["config"], str(p))
     backbone = build_network(cfg)
     backbone.load_state_dict(ckpt["backbone_state"])

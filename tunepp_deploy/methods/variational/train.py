@@ -37,6 +37,7 @@ from tunepp_deploy.methods.variational.base import BayesianSegNet
 from tunepp_deploy.methods.variational.build import ARCHS, DEFAULT_WIDTHS, build_variational
 from tunepp_deploy.methods.variational.elbo import KLScale, elbo_loss
 from tunepp_deploy.methods.variational.validate import validation_dice
+from tunepp_deploy.train.checkpoint import read_method_checkpoint
 
 CHECKPOINT_METHOD = "variational"
 #: Default initial ``log sigma^2`` (see :attr:`VariationalSettings.log_var_init` for why not the seed's -5).
@@ -115,14 +116,7 @@ def save_variational(path: str | Path, run: VariationalRun, cfg: TuneppConfig, *
 def load_variational(path: str | Path) -> tuple[BayesianSegNet, TuneppConfig, dict[str, Any]]:
     """``(net in eval mode, config, settings dict)``; refuses other checkpoints in one line."""
     p = Path(path)
-    if not p.is_file():
-        raise TuneppError(f"{p}: checkpoint not found")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for corrupt or foreign files
-        raise ModelMismatchError(f"{p}: not a variational-method checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("method") != CHECKPOINT_METHOD:
-        raise ModelMismatchError(f"{p}: not a variational-method checkpoint (train one with `tunepp train-vi`)")
+    ckpt = read_method_checkpoint(p, CHECKPOINT_METHOD, "variational-method", "tunepp train-vi")
     cfg = config_from_dict(ckpt["config"], str(p))
     s = ckpt["settings"]
     net = build_variational(s["arch"], cfg.model.in_channels, cfg.data.num_classes, s["widths"])
