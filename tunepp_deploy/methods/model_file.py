@@ -63,8 +63,10 @@ def single_backend(path: str | Path, backend: str, method: str) -> str:
     """``torch`` or ``ort`` for a SegWithU / variational model: ``.pt`` runs on torch, ``.onnx`` on ONNX Runtime.
 
     These methods have no in-memory export on load and no TensorRT engines, so the file decides; a
-    contradicting ``--backend`` is a one-line error rather than a silent switch.
+    contradicting ``--backend`` is a one-line error rather than a silent switch, and so is a missing file.
     """
+    if not Path(path).is_file():
+        raise TuneppError(f"{path}: model file not found")
     kind = model_kind(Path(path))
     natural = {"checkpoint": "torch", "onnx": "ort"}.get(kind)
     if natural is None:

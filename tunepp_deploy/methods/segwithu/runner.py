@@ -18,7 +18,7 @@ import torch
 
 from tunepp_deploy.config.load import config_from_dict
 from tunepp_deploy.config.schema import TuneppConfig
-from tunepp_deploy.errors import ConfigError, ModelMismatchError, TuneppError
+from tunepp_deploy.errors import ConfigError, ModelMismatchError
 from tunepp_deploy.infer.runners.load import resolve_device
 from tunepp_deploy.methods.model_file import single_backend
 from tunepp_deploy.methods.segwithu.export import OUTPUTS
@@ -79,8 +79,6 @@ def open_segwithu(
 ) -> SegWithURunner:
     """Load ``head.pt`` on torch or ``segwithu.onnx`` on ONNX Runtime (the file decides)."""
     path = Path(model)
-    if not path.is_file():
-        raise TuneppError(f"{path}: model file not found")
     chosen = single_backend(path, backend, "segwithu")
     dev = resolve_device(device)
     if chosen == "ort":

@@ -17,7 +17,7 @@ import onnx
 import torch
 
 from tunepp_deploy.config.schema import TuneppConfig
-from tunepp_deploy.errors import ModelMismatchError, TuneppError
+from tunepp_deploy.errors import ModelMismatchError
 from tunepp_deploy.infer.runners.load import resolve_device
 from tunepp_deploy.methods.model_file import single_backend
 from tunepp_deploy.methods.variational.base import BayesianSegNet
@@ -102,8 +102,6 @@ def open_variational(
 ) -> VariationalRunner:
     """Load ``vi.pt`` on torch or ``vi.onnx`` on ONNX Runtime (the file decides; see :func:`single_backend`)."""
     path = Path(model)
-    if not path.is_file():
-        raise TuneppError(f"{path}: model file not found")
     chosen = single_backend(path, backend, "variational")
     dev = resolve_device(device)
     if chosen == "ort":
