@@ -32,7 +32,6 @@ from tunepp_deploy.data.dataset import LoadedCase
 from tunepp_deploy.errors import ConfigError, ModelMismatchError
 from tunepp_deploy.methods.segwithu.model import SegWithU, load_segwithu
 from tunepp_deploy.methods.segwithu.train import HeadSettings, load_backbone, save_head_run, train_head
-from tunepp_deploy.methods.variational.base import BayesianSegNet
 from tunepp_deploy.methods.variational.build import ARCHS
 from tunepp_deploy.methods.variational.train import (
     VariationalSettings,
@@ -60,12 +59,11 @@ class ModelRequest:
 
 @dataclass
 class Models:
-    """The loaded/trained models, where they are, and how long training took (None: loaded)."""
+    """The models of a comparison: their paths (every row opens its runners from these), the SegWithU
+    head in memory (exported and run from there), and how long training took (None: loaded)."""
 
     backbone_path: Path
-    backbone: TUNEPP
     head: SegWithU
-    vi: BayesianSegNet
     vi_arch: str
     paths: dict[str, str] = field(default_factory=dict)
     train_seconds: dict[str, float | None] = field(default_factory=dict)
@@ -133,15 +131,15 @@ def _train_head(cfg: TuneppConfig, net: TUNEPP, train_cases: list[LoadedCase], o
     return run.model, path, seconds
 
 
-def _load_vi(cfg: TuneppConfig, path: Path, info: dict[str, Any]) -> tuple[BayesianSegNet, str, Path, None]:
-    net, vcfg, s = load_variational(path)
+def _load_vi(cfg: TuneppConfig, path: Path, info: dict[str, Any]) -> tuple[str, Path, None]:
+    _, vcfg, s = load_variational(path)
     check_same_setup(cfg, vcfg, path, "variational network")
     info["vi"] = {"arch": s["arch"], "loaded": str(path), "iters": s.get("iters")}
-    return net, str(s["arch"]), path, None
+    return str(s["arch"]), path, None
 
 
 def _train_vi(cfg: TuneppConfig, train_cases: list[LoadedCase], out: Path, req: ModelRequest, console: Console,
-              info: dict[str, Any]) -> tuple[BayesianSegNet, str, Path, float]:
+              info: dict[str, Any]) -> tuple[str, Path, float]:
     iters = req.vi_iters or req.epochs * cfg.train.iters_per_epoch
     settings = VariationalSettings(arch=req.vi_arch, iters=iters, batch=cfg.train.batch_size, seed=cfg.train.seed)
     t0 = time.perf_counter()
@@ -150,7 +148,7 @@ def _train_vi(cfg: TuneppConfig, train_cases: list[LoadedCase], out: Path, req: 
     seconds = time.perf_counter() - t0
     path = save_variational(out / f"vi_{req.vi_arch}.pt", run, cfg)
     info["vi"] = {"arch": req.vi_arch, "iters": iters}
-    return run.net, req.vi_arch, path, seconds
+    return req.vi_arch, path, seconds
 
 
 def prepare_models(cfg: TuneppConfig, data: Path, out: Path, train_cases: list[LoadedCase], req: ModelRequest,
@@ -165,18 +163,19 @@ def prepare_models(cfg: TuneppConfig, data: Path, out: Path, train_cases: list[L
     if req.head is not None and req.backbone is None:
         raise ModelMismatchError(f"{req.head}: --head needs --backbone (the TUNE++ checkpoint it was trained on)")
     info: dict[str, Any] = {}
+    given: TUNEPP | None = None
     if req.backbone is not None:
-        _, bcfg = load_backbone(req.backbone)
+        given, bcfg = load_backbone(req.backbone)
         check_same_setup(cfg, bcfg, req.backbone, "TUNE++ checkpoint")
     loaded_vi = _load_vi(cfg, req.vi, info) if req.vi is not None else None
-    loaded_head = _load_head(cfg, req.head, load_backbone(req.backbone)[0], info) if req.head is not None else None
+    loaded_head = _load_head(cfg, req.head, given, info) if given is not None and req.head is not None else None
     backbone_path, t_backbone = _backbone(cfg, data, out, req, console)
-    net, _ = load_backbone(backbone_path)
+    net = given if given is not None else load_backbone(backbone_path)[0]
     info["tunepp"] = {"loaded": str(req.backbone)} if req.backbone else {
         "epochs": req.epochs, "iters": req.epochs * cfg.train.iters_per_epoch}
     head, head_path, t_head = loaded_head or _train_head(cfg, net, train_cases, out, req, console, info)
-    vi, arch, vi_path, t_vi = loaded_vi or _train_vi(cfg, train_cases, out, req, console, info)
-    return Models(backbone_path, net, head, vi, arch,
+    arch, vi_path, t_vi = loaded_vi or _train_vi(cfg, train_cases, out, req, console, info)
+    return Models(backbone_path, head, arch,
                   paths={"backbone": str(backbone_path), "head": str(head_path), "vi": str(vi_path)},
                   train_seconds={"tunepp": t_backbone, "segwithu": t_head, "vi": t_vi}, info=info)
 
