@@ -101,9 +101,9 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo into ``out`` (module docstring). Re-running reuses nothing: use a fresh ``out``."""
     from tunepp_deploy.export.onnx_export import export_checkpoint
-    from tunepp_deploy.infer.mc import MCSettings
-    from tunepp_deploy.infer.pipeline import InferOptions, infer_paths, output_paths
-    from tunepp_deploy.infer.runners import open_runner
+    from tunepp_deploy.infer.case import CaseOptions, output_paths, run_paths
+    from tunepp_deploy.predictors.open import open_predictor
+    from tunepp_deploy.predictors.settings import RunOptions
     from tunepp_deploy.train.trainer import train
 
     console = console or Console()
@@ -141,13 +141,11 @@ def run_demo(
 
     pred = root / "pred"
     image = held / "imagesTr" / "phantom_000_0000.nii.gz"
-    with open_runner(onnx_path, backend="ort", device="cpu") as runner:
-        d = cfg.infer
-        mc = MCSettings(samples=samples, seed=d.seed, overlap=d.overlap, max_batch=d.max_batch, memory_gb=d.memory_gb)
-        infer_paths(image, pred, runner, InferOptions(mc=mc, overwrite=True))
+    with open_predictor(onnx_path, backend="ort", device="cpu", options=RunOptions(samples=samples)) as predictor:
+        run_paths(image, pred, predictor, CaseOptions(overwrite=True))
+        paths = output_paths(pred, "phantom_000", predictor.map_names)
     lap(f"MC-{samples} inference with ONNX Runtime")
 
-    paths = output_paths(pred, "phantom_000")
     seg = load_volume(paths["seg"]).array.astype(np.uint8)
     truth = load_volume(held / "labelsTr" / "phantom_000.nii.gz").array.astype(np.uint8)
     maps = {m: load_volume(paths[m]).array for m in ("epistemic", "aleatoric", "total")}

@@ -13,12 +13,7 @@ import torch
 from tunepp_deploy.infer.masks import identity_masks, sample_masks
 from tunepp_deploy.infer.mc import MCSettings, mc_predict
 from tunepp_deploy.infer.runners.base import Runner
-from tunepp_deploy.infer.uncertainty import (
-    aleatoric_variance,
-    epistemic_variance,
-    from_samples,
-    softmax_jacobian_sq_norm,
-)
+from tunepp_deploy.infer.uncertainty import epistemic_variance, maps_from_samples
 from tunepp_deploy.model.blocks.dropout import DropoutSite
 
 SITES = (DropoutSite("dec1", 16, 0.1, "channel", (4, 4, 4)), DropoutSite("dec0", 8, 0.1, "channel", (2, 2, 2)))
@@ -54,35 +49,14 @@ def test_rows_are_sample_major() -> None:
 def test_epistemic_and_mutual_information_hand_case() -> None:
     # two samples that disagree completely: p = [1, 0] and [0, 1]
     probs = torch.tensor([[1.0, 0.0], [0.0, 1.0]])[:, :, None]  # [S=2, K=2, 1 voxel]
-    maps = from_samples(probs, torch.zeros(1))
+    maps = maps_from_samples(probs)
     assert maps.epistemic.item() == pytest.approx(0.5)  # 0.25 + 0.25
+    assert maps.aleatoric.item() == pytest.approx(0.0)  # each network is certain
+    assert maps.total.item() == pytest.approx(0.5)  # 1 - (0.5^2 + 0.5^2)
     assert maps.predictive_entropy.item() == pytest.approx(math.log(2))
     assert maps.mutual_information.item() == pytest.approx(math.log(2))
-    one = from_samples(probs[:1], torch.zeros(1))  # S = 1: nothing epistemic
+    one = maps_from_samples(probs[:1])  # S = 1: nothing epistemic
     assert one.epistemic.item() == 0.0 and one.mutual_information.item() == 0.0
-
-
-def test_aleatoric_hand_cases() -> None:
-    p = torch.tensor([[0.5, 0.5]])[:, :, None]  # [N=1, K=2, 1]
-    # J = [[.25,-.25],[-.25,.25]] -> ||J||_F^2 = 0.25; sigma^2 = 0.1 -> 0.025
-    assert softmax_jacobian_sq_norm(p).item() == pytest.approx(0.25)
-    lv = torch.full((1, 1, 1), math.log(0.1))
-    assert aleatoric_variance(p, lv).item() == pytest.approx(0.025)
-    huge = torch.full((1, 1, 1), 10.0)  # capped at 1 - sum p^2 = 0.5
-    assert aleatoric_variance(p, huge).item() == pytest.approx(0.5)
-    onehot = torch.tensor([[1.0, 0.0, 0.0]])[:, :, None]
-    assert aleatoric_variance(onehot, huge).item() == 0.0
-
-
-def test_aleatoric_matches_monte_carlo_for_small_noise() -> None:
-    g = torch.Generator().manual_seed(0)
-    z = torch.tensor([1.0, 0.2, -0.5, 0.1])
-    sigma = 0.05
-    eps = torch.randn(200_000, 4, generator=g)
-    mc = torch.softmax(z + sigma * eps, dim=1).var(0, unbiased=False).sum().item()
-    p = torch.softmax(z, 0)[None, :, None]
-    approx = aleatoric_variance(p, torch.full((1, 1, 1), math.log(sigma**2))).item()
-    assert approx == pytest.approx(mc, rel=0.05)
 
 
 def test_epistemic_variance_is_population_variance() -> None:
@@ -114,7 +88,7 @@ def fake(cfg) -> _FakeRunner:
     return _FakeRunner(meta, torch.device("cpu"))
 
 
-def test_blends_agree_on_one_window_and_window_blend_overestimates(fake: _FakeRunner) -> None:
+def test_blends_agree_on_one_window_and_window_blend_moves_aleatoric_to_epistemic(fake: _FakeRunner) -> None:
     g = torch.Generator().manual_seed(0)
     one = torch.rand(1, 16, 16, 16, generator=g)
     m = sample_masks(SITES, (16, 16, 16), 6, seed=0)
@@ -127,6 +101,7 @@ def test_blends_agree_on_one_window_and_window_blend_overestimates(fake: _FakeRu
     a = mc_predict(big, fake, m, MCSettings(samples=6, blend="sample")).maps
     b = mc_predict(big, fake, m, MCSettings(samples=6, blend="window")).maps
     assert torch.allclose(a.mean_probs, b.mean_probs, atol=1e-5)  # the mean is linear: identical
+    assert torch.allclose(a.total, b.total, atol=1e-5)  # total depends on the mean alone: exact in both
     assert (b.epistemic >= a.epistemic - 1e-6).all()  # var of a blend <= blend of vars
     assert (b.epistemic > a.epistemic + 1e-6).any()
 

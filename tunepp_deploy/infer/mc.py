@@ -1,27 +1,31 @@
-"""Sliding-window Monte-Carlo inference on any :class:`~tunepp_deploy.infer.runners.Runner`.
+"""Sliding-window Monte-Carlo inference of TUNE++ on any :class:`~tunepp_deploy.infer.runners.Runner`.
 
-For a preprocessed volume (model spacing, normalised), windows overlapping by ``overlap`` are
-evaluated in calls of ``B`` windows x ``S'`` samples: the runner runs the trunk once for the B
-windows and the head for all ``S' * B`` rows. Tiling and Gaussian blending are
-:func:`tunepp_deploy.infer.sliding_window.sliding_window`'s; this module only decides what each
-window contributes and how many rows go into a call:
+For a preprocessed volume (model spacing, normalised), the S dropout samples flow in chunks through
+the stitched volume (:func:`tunepp_deploy.infer.sampling.stream_chunks`): per chunk of ``n`` samples,
+one sliding-window pass whose runner calls take ``B`` windows x ``S'`` samples (the trunk once for
+the B windows, the head for all rows). Each row's logits become the sample's predictive with the
+heteroscedastic logit noise averaged in (:func:`~tunepp_deploy.infer.logit_noise.sampled_softmax`),
+each sample's predictive is stitched over the whole scan, and the chunk is folded into float64
+sufficient statistics (:class:`~tunepp_deploy.infer.moments.SampleStats`). So:
 
-* **batch plan** (:func:`plan_calls`): ``S' = S`` samples per call unless one window's S rows exceed
-  the memory budget (then samples are chunked and — the price of the one-graph export — the trunk
-  is recomputed per chunk); ``B = min(max_batch, budget // (S' * row bytes))`` windows per call.
-* **blend** (:mod:`tunepp_deploy.infer.uncertainty` explains why): ``sample`` accumulates every
-  sample's softmax separately (exact MC over the stitched volume; ``S * K`` maps held on the
-  device); ``window`` accumulates per-window moments (mean, summed variance, expected entropy;
-  ``K + 3`` maps); ``auto`` picks ``sample`` when its accumulators fit in half the budget.
+* **exact at any size** (``blend="sample"``, the default; ``auto`` means the same): the maps equal
+  the per-sample blend for every chunk size, and memory is O(K x V) plus one chunk;
+* **trunk across chunks**: with one chunk the trunk runs once per window batch; with several, a
+  runner that :attr:`~Runner.splits` (torch) caches the trunk outputs of every window batch when
+  they fit a quarter of the budget, else — and always for exported one-graph runners (ONNX Runtime,
+  TensorRT) — the trunk is recomputed once per chunk. ``MCResult.trunk`` says which;
+* ``blend="window"`` (explicit only) blends per-window moments: one pass, cheaper, approximate in the
+  epistemic/aleatoric split (:mod:`tunepp_deploy.infer.uncertainty`), named in the report.
 
-Everything stays on the runner's device; the caller resamples the maps to the input grid.
+A stored temperature divides every sample's logits, and shifts the log-variance by ``-2 log T``
+(``(z + sigma eps) / T``), before the softmax. Everything stays on the runner's device.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,18 +33,17 @@ import torch
 
 from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.export.metadata import ModelMeta
+from tunepp_deploy.infer.logit_noise import DEFAULT_NOISE_DRAWS, draw_logit_noise, sampled_softmax
 from tunepp_deploy.infer.masks import SampleMasks
+from tunepp_deploy.infer.moments import SampleStats
 from tunepp_deploy.infer.runners.base import Runner
-from tunepp_deploy.infer.sliding_window import count_windows, sliding_window
-from tunepp_deploy.infer.uncertainty import (
-    UncertaintyMaps,
-    aleatoric_variance,
-    entropy,
-    from_moments,
-    from_samples,
-)
+from tunepp_deploy.infer.sampling import plan_chunk, sample_chunks, stream_chunks
+from tunepp_deploy.infer.sliding_window import count_windows
+from tunepp_deploy.infer.uncertainty import UncertaintyMaps, entropy
 
 Blend = Literal["auto", "sample", "window"]
+#: Share of the memory budget the trunk cache may take when samples run in several chunks.
+TRUNK_CACHE_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class MCSettings:
     max_batch: int = 8
     memory_gb: float = 4.0
     blend: Blend = "auto"
+    noise_draws: int = DEFAULT_NOISE_DRAWS
+    #: Samples per stitched chunk; None = the largest the budget allows (set it to compare designs).
+    sample_chunk: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ class CallPlan:
 
     @property
     def sample_chunks(self) -> int:
-        """Calls per window batch; above 1 the trunk is recomputed for every chunk."""
+        """Runner calls per window batch and sample chunk; above 1 a one-graph runner reruns the trunk."""
         return math.ceil(self.samples / self.samples_per_call)
 
 
@@ -80,6 +86,8 @@ class MCResult:
     calls: int
     plan: CallPlan
     seconds: float
+    sample_chunk: int = 0
+    trunk: str = "once"
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -106,8 +114,13 @@ def plan_calls(meta: ModelMeta, samples: int, max_batch: int, memory_gb: float, 
     return CallPlan(b_call, s_call, samples, rb)
 
 
-def _chunks(n: int, size: int) -> list[list[int]]:
-    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+def _tempered(logits: torch.Tensor, log_var: torch.Tensor, temperature: torch.Tensor | None):
+    if temperature is None:
+        return logits, log_var
+    t = temperature.to(logits.device)
+    shape = (1, -1) + (1,) * (logits.dim() - 2)
+    # one T: sigma / T; per-class T_k: the shared log-variance is scaled by the mean log T (documented)
+    return logits.float() / t.view(shape), log_var.float() - 2.0 * torch.log(t).mean()
 
 
 def mc_predict(
@@ -116,70 +129,115 @@ def mc_predict(
     masks: SampleMasks,
     settings: MCSettings,
     progress: Callable[[int], None] | None = None,
+    temperature: Sequence[float] | None = None,
 ) -> MCResult:
-    """MC-dropout maps of ``volume`` ``[C, D, H, W]`` (preprocessed) on ``runner``'s device."""
+    """MC-dropout maps of ``volume`` ``[C, D, H, W]`` (preprocessed) on ``runner``'s device (module docstring).
+
+    ``progress(n)`` is called with the windows x samples each pass completed.
+    """
     meta = runner.meta
     t0 = time.perf_counter()
     S, K = masks.samples, meta.num_classes
     if masks.sites and tuple(s.name for s in masks.sites) != tuple(s.name for s in meta.sites):
         raise TuneppError("masks were drawn for other dropout sites than the model's")
+    if settings.blend not in ("auto", "sample", "window"):
+        raise TuneppError(f"unknown blend '{settings.blend}' (use auto, sample or window)")
+    blend = "window" if settings.blend == "window" else "sample"
     plan = plan_calls(meta, S, settings.max_batch, settings.memory_gb, runner.max_rows)
-    padded = [max(s, w) for s, w in zip(volume.shape[1:], meta.window, strict=True)]
-    accum_bytes = S * K * math.prod(padded) * 4
-    blend = settings.blend
-    if blend == "auto":
-        blend = "sample" if accum_bytes <= settings.memory_gb * 2**30 / 2 else "window"
-    chunks = _chunks(S, plan.samples_per_call)
+    noise = torch.from_numpy(draw_logit_noise(masks.seed or 0, range(S), settings.noise_draws, K))
+    temp = None if temperature is None else torch.tensor([float(t) for t in temperature], dtype=torch.float32)
+    shape = tuple(int(n) for n in volume.shape[1:])
+    call_bytes = plan.windows_per_call * plan.samples_per_call * plan.row_bytes
     calls = 0
 
-    def run_chunks(x: torch.Tensor):
+    chunk = S
+    trunk = "once"
+    cache_budget = 0
+    if blend == "sample" and settings.sample_chunk is not None:
+        chunk = max(1, min(S, int(settings.sample_chunk)))
+        if chunk < S and runner.splits:
+            cache_budget = int(TRUNK_CACHE_SHARE * settings.memory_gb * 2**30)
+    elif blend == "sample":
+        chunk = plan_chunk(shape, meta.window, K, S, settings.memory_gb, call_bytes)
+        if chunk < S and runner.splits:
+            cache_budget = int(TRUNK_CACHE_SHARE * settings.memory_gb * 2**30)
+            chunk = plan_chunk(shape, meta.window, K, S, settings.memory_gb, call_bytes + cache_budget)
+    n_chunks = math.ceil(S / chunk)
+    use_cache = n_chunks > 1 and runner.splits
+    cache: dict[int, tuple[torch.Tensor, ...]] = {}
+    cache_bytes = 0
+    state = {"ids": -1, "batch": 0}
+
+    def probs_rows(x: torch.Tensor, sub: list[int], feats: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
         nonlocal calls
         b = x.shape[0]
-        for ids in chunks:
-            logits, log_var = runner(x, masks.rows(ids, b, runner.device))
-            calls += 1
-            p = torch.softmax(logits.float(), dim=1)
-            a = aleatoric_variance(p, log_var)[:, 0]
-            yield ids, p.view(len(ids), b, K, *p.shape[2:]), a.view(len(ids), b, *a.shape[1:])
+        rows = masks.rows(sub, b, runner.device)
+        logits, log_var = runner.head(feats, rows) if feats is not None else runner(x, rows)
+        calls += 1
+        logits, log_var = _tempered(logits, log_var, temp)
+        eps = noise[sub].repeat_interleave(b, dim=0)  # row j * b + w: sample sub[j]
+        return sampled_softmax(logits, log_var, eps).view(len(sub), b, K, *x.shape[2:])
 
-    def per_sample(x: torch.Tensor) -> list[torch.Tensor]:
-        b = x.shape[0]
-        probs = torch.empty((S, b, K, *x.shape[2:]), device=runner.device)
-        ale = torch.zeros((b, 1, *x.shape[2:]), device=runner.device)
-        for ids, p, a in run_chunks(x):
-            probs[ids[0] : ids[-1] + 1] = p
-            ale[:, 0] += a.sum(0)
-        return [probs.transpose(0, 1).reshape(b, S * K, *x.shape[2:]), ale / S]
+    def trunk_of(x: torch.Tensor, ids: Sequence[int]) -> tuple[torch.Tensor, ...] | None:
+        nonlocal cache_bytes, trunk
+        if not runner.splits:
+            return None
+        if state["ids"] != ids[0]:
+            state["ids"], state["batch"] = ids[0], 0
+        i = state["batch"]
+        state["batch"] += 1
+        if i in cache:
+            return cache[i]
+        feats = runner.trunk(x)
+        if use_cache:
+            size = sum(t.numel() * t.element_size() for t in feats)
+            if cache_bytes + size <= cache_budget:
+                cache[i] = feats
+                cache_bytes += size
+                trunk = "cached"
+            else:
+                trunk = "recomputed"
+        return feats
 
-    def moments(x: torch.Tensor) -> list[torch.Tensor]:
+    def per_sample(x: torch.Tensor, ids: Sequence[int], starts: object) -> list[torch.Tensor]:
+        feats = trunk_of(x, ids)
+        out = torch.empty((len(ids), x.shape[0], K, *x.shape[2:]), device=runner.device)
+        for sub in sample_chunks(len(ids), plan.samples_per_call):
+            sel = [ids[j] for j in sub]
+            out[sub[0] : sub[-1] + 1] = probs_rows(x, sel, feats)
+        return [out]
+
+    def window_moments(x: torch.Tensor, ids: Sequence[int], starts: object) -> list[torch.Tensor]:
+        feats = trunk_of(x, ids)
         b = x.shape[0]
-        s1 = torch.zeros((b, K, *x.shape[2:]), device=runner.device)
-        s2 = torch.zeros_like(s1)
-        h = torch.zeros((b, 1, *x.shape[2:]), device=runner.device)
-        ale = torch.zeros_like(h)
-        for _, p, a in run_chunks(x):
-            s1 += p.sum(0)
-            s2 += (p * p).sum(0)
-            h[:, 0] += entropy(p, 2).sum(0)
-            ale[:, 0] += a.sum(0)
-        mean = s1 / S
-        var = (s2 / S - mean * mean).clamp_min(0.0).sum(1, keepdim=True)
-        return [mean, var, h / S, ale / S]
+        mean = torch.zeros((b, K, *x.shape[2:]), dtype=torch.float64, device=runner.device)
+        sq = torch.zeros((b, *x.shape[2:]), dtype=torch.float64, device=runner.device)
+        ent = torch.zeros_like(sq)
+        for sub in sample_chunks(len(ids), plan.samples_per_call):
+            p = probs_rows(x, [ids[j] for j in sub], feats).double()
+            mean += p.sum(0)
+            sq += (p * p).sum((0, 2))
+            ent += entropy(p, 2).sum(0)
+        n = float(len(ids))
+        return [torch.cat([mean / n, (sq / n)[:, None], (ent / n)[:, None]], 1).float()[None]]
 
     vol = volume.to(runner.device, torch.float32)
-    outs = sliding_window(
-        vol, per_sample if blend == "sample" else moments, meta.window, overlap=settings.overlap,
-        batch=plan.windows_per_call, progress=progress,
-    )
-    if blend == "sample":
-        probs = outs[0].view(S, K, *outs[0].shape[1:])
-        maps = from_samples(probs, outs[1][0])
-    else:
-        maps = from_moments(outs[0], outs[1][0], outs[2][0], outs[3][0])
+    stats = SampleStats()
+    stream = stream_chunks(vol, per_sample if blend == "sample" else window_moments, meta.window, S, chunk,
+                           overlap=settings.overlap, batch=plan.windows_per_call, progress=progress,
+                           reduced=blend == "window")
+    for _ids, (out,) in stream:
+        if blend == "sample":
+            stats.add(out)
+        else:
+            stats.add_moments(out[0, :K], out[0, K], out[0, K + 1], S)
+    if n_chunks > 1 and not runner.splits:
+        trunk = "recomputed"
     if runner.device.type == "cuda":
         torch.cuda.synchronize(runner.device)
-    return MCResult(maps, blend, count_windows(tuple(volume.shape[1:]), meta.window, settings.overlap), calls, plan,
-                    time.perf_counter() - t0)
+    return MCResult(stats.maps(), blend, count_windows(shape, meta.window, settings.overlap), calls, plan,
+                    time.perf_counter() - t0, sample_chunk=chunk, trunk=trunk,
+                    extra={"trunk_cache_bytes": float(cache_bytes), "sample_chunks": float(n_chunks)})
 
 
 __all__ = ["Blend", "CallPlan", "MCResult", "MCSettings", "mc_predict", "plan_calls", "row_bytes"]

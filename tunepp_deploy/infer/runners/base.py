@@ -45,6 +45,19 @@ class Runner(ABC):
         :data:`CPU_ROWS_PER_CALL`, else None (the memory budget alone decides)."""
         return CPU_ROWS_PER_CALL if self.device.type == "cpu" else None
 
+    @property
+    def splits(self) -> bool:
+        """Whether :meth:`trunk` / :meth:`head` can be called apart (torch); exported graphs run whole."""
+        return False
+
+    def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The deterministic trunk alone (only where :attr:`splits`)."""
+        raise NotImplementedError(f"the {self.name} runner runs its graph whole")
+
+    def head(self, feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stochastic head on :meth:`trunk` outputs (only where :attr:`splits`)."""
+        raise NotImplementedError(f"the {self.name} runner runs its graph whole")
+
     def describe(self) -> str:
         """One line for reports: backend, device and precision."""
         return f"{self.name} on {self.device}"

@@ -68,6 +68,27 @@ class TorchRunner(Runner):
                 feats = repeat_for_samples(feats, masks[0].shape[0] // x.shape[0])
             return self.net.head(*feats, *masks)
 
+    @property
+    def splits(self) -> bool:
+        """Trunk and head can be called apart (so the MC engine can cache the trunk across sample
+        chunks); not with CUDA graphs, which capture the whole call."""
+        return not self.cuda_graphs
+
+    @torch.inference_mode()
+    def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The deterministic trunk's outputs for windows ``x`` (what :meth:`head` takes)."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            return tuple(self.net.trunk(x.to(self.device, torch.float32)))
+
+    @torch.inference_mode()
+    def head(self, feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stochastic head on cached trunk outputs ``feats`` (B windows) for ``masks`` (S' x B rows)."""
+        masks = [m.to(self.device, torch.float32) for m in masks]
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            if masks:
+                feats = repeat_for_samples(feats, masks[0].shape[0] // feats[0].shape[0])
+            return self.net.head(*feats, *masks)
+
     @torch.inference_mode()
     def infer(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.to(self.device, torch.float32)

@@ -1,0 +1,115 @@
+r"""The one streaming accumulator of every sampling method: sufficient statistics of S predictives.
+
+Each sample ``s`` (a dropout mask set, a weight-noise draw, ...) contributes its stitched predictive
+``p_s [K, ...]`` over the whole volume. The maps of :mod:`tunepp_deploy.infer.uncertainty` need only
+
+* ``sum_s p_s`` (``K`` maps) for the predictive mean ``p_bar`` and ``total = 1 - sum_k p_bar_k^2``;
+* ``sum_s sum_k p_{s,k}^2`` (1 map) for ``aleatoric = mean_s (1 - sum_k p_{s,k}^2)``;
+* ``sum_s H[p_s]`` (1 map) for the expected entropy and ``MI = H[p_bar] - mean_s H[p_s]``;
+
+and ``epistemic = sum_k Var_s p_{s,k} = total - aleatoric`` follows exactly. So ``K + 2`` float64
+maps hold S samples whatever S is: memory O(K x V), independent of S, and the result equals the
+all-samples formula (tested against it). float64 because ``E[p^2] - E[p]^2`` cancels: in float32 the
+variance of a confident voxel (p ~ 1 - 1e-4) would be lost in round-off; in float64 the error is
+~1e-16. :class:`RunningMoments` does the same for any other per-sample map (saliency CAMs).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tunepp_deploy.infer.uncertainty import UncertaintyMaps, entropy
+
+
+class SampleStats:
+    """Running sums over samples of ``p``, ``sum_k p^2`` and ``H[p]`` (module docstring)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._sum: torch.Tensor | None = None
+        self._sq: torch.Tensor | None = None
+        self._ent: torch.Tensor | None = None
+
+    def _init(self, like: torch.Tensor) -> None:
+        self._sum = torch.zeros(like.shape, dtype=torch.float64, device=like.device)
+        self._sq = torch.zeros(like.shape[1:], dtype=torch.float64, device=like.device)
+        self._ent = torch.zeros(like.shape[1:], dtype=torch.float64, device=like.device)
+
+    def add_sample(self, p: torch.Tensor) -> None:
+        """One sample's predictive ``p [K, ...]``."""
+        self.add(p[None])
+
+    def add(self, chunk: torch.Tensor) -> None:
+        """A chunk of samples ``[n, K, ...]``; chunks of any size give the same result."""
+        if chunk.dim() < 2:
+            raise ValueError(f"a chunk of samples must be [n, K, ...], got {tuple(chunk.shape)}")
+        if self._sum is None:
+            self._init(chunk[0])
+        assert self._sum is not None and self._sq is not None and self._ent is not None
+        for p in chunk:  # one sample at a time: one float64 temporary of one sample's size
+            p64 = p.double()
+            self._sum += p64
+            self._sq += (p64 * p64).sum(0)
+            self._ent += entropy(p64, 0)
+            self.count += 1
+
+    def add_moments(self, mean: torch.Tensor, mean_sq: torch.Tensor, mean_entropy: torch.Tensor, count: int) -> None:
+        """``count`` samples given by their means of ``p`` ``[K, ...]``, ``sum_k p^2`` and ``H[p]`` ``[...]``.
+
+        Used by the explicit per-window-moment blend, whose window-level moments are blended before
+        they reach the volume (then the split into epistemic and aleatoric is approximate; total is not).
+        """
+        if self._sum is None:
+            self._init(mean)
+        assert self._sum is not None and self._sq is not None and self._ent is not None
+        self._sum += mean.double() * count
+        self._sq += mean_sq.double() * count
+        self._ent += mean_entropy.double() * count
+        self.count += count
+
+    def maps(self) -> UncertaintyMaps:
+        """The maps (float32) of the samples added so far."""
+        if self._sum is None or self.count == 0:
+            raise ValueError("no samples were added")
+        assert self._sq is not None and self._ent is not None
+        n = float(self.count)
+        mean = self._sum / n
+        total = (1.0 - (mean * mean).sum(0)).clamp_min(0.0)
+        aleatoric = (1.0 - self._sq / n).clamp_min(0.0)
+        epistemic = (total - aleatoric).clamp_min(0.0)
+        pe = entropy(mean, 0)
+        mi = (pe - self._ent / n).clamp_min(0.0)
+        return UncertaintyMaps(mean.float(), epistemic.float(), aleatoric.float(), pe.float(), mi.float())
+
+
+class RunningMoments:
+    """Per-voxel mean and population variance of any per-sample map, float64 sums."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._s1: torch.Tensor | None = None
+        self._s2: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        """One sample's map (any shape, the same every time)."""
+        x64 = x.double()
+        if self._s1 is None:
+            self._s1, self._s2 = torch.zeros_like(x64), torch.zeros_like(x64)
+        assert self._s2 is not None
+        self._s1 += x64
+        self._s2 += x64 * x64
+        self.count += 1
+
+    def mean(self) -> torch.Tensor:
+        if self._s1 is None:
+            raise ValueError("no samples were added")
+        return (self._s1 / self.count).float()
+
+    def variance(self) -> torch.Tensor:
+        if self._s1 is None or self._s2 is None:
+            raise ValueError("no samples were added")
+        m = self._s1 / self.count
+        return (self._s2 / self.count - m * m).clamp_min(0.0).float()
+
+
+__all__ = ["RunningMoments", "SampleStats"]

@@ -1,0 +1,105 @@
+"""The one Monte-Carlo loop over a whole volume: samples flow in chunks through the stitched volume.
+
+Every sampling method (TUNE++ dropout masks, variational weight noise, saliency fusion's masked
+passes) needs, per sample ``s``, its predictive stitched over the *whole* scan with the Gaussian
+sliding-window blend — the exact per-sample blend: sample ``s`` is one network over the scan, so
+statistics over the stitched volumes are a proper MC estimate over networks. Holding all ``S``
+stitched volumes (``S x K x V``) does not fit real scans (7.7 GiB for 240x240x160, K = 9, S = 25), so
+:func:`stream_chunks` runs the samples in chunks of ``n``: for each chunk, one sliding-window pass
+whose predictor returns the chunk's ``n`` per-sample outputs per window, stitched into ``n x K x V``
+accumulators, yielded, and folded by the caller into :class:`~tunepp_deploy.infer.moments.SampleStats`
+(``K + 2`` float64 maps). Memory is ``(K + 2) x 8 V + n x K x 8 V`` whatever S; the result is the
+per-sample blend exactly, for any chunk size (tested).
+
+The price: the windows are visited once per chunk, so what a method computes per window *before*
+the samples diverge (TUNE++'s trunk) is either cached across chunks or recomputed — the predictor
+decides (:class:`tunepp_deploy.predictors.tunepp.TuneppPredictor` caches it when it fits).
+:func:`plan_chunk` picks the largest ``n`` the memory budget allows and refuses, in one line, a
+volume whose exact blend does not fit even one sample at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from tunepp_deploy.errors import TuneppError
+from tunepp_deploy.infer.sliding_window import sliding_window
+
+#: ``predict(windows [B, C, *window], sample_ids, starts) -> outputs``, each ``[m, B, c, *window]``
+#: (``m = len(sample_ids)`` per-sample outputs, or ``m = 1`` for outputs already reduced over samples).
+#: ``starts``: the windows' start voxels (for masks that depend on the volume position), or None.
+ChunkPredictor = Callable[[torch.Tensor, Sequence[int], Sequence[tuple[int, ...]] | None], list[torch.Tensor]]
+
+#: float64 sufficient statistics: K mean sums + sum of squares + entropy (:class:`SampleStats`).
+STATS_EXTRA_MAPS = 2
+
+
+def sample_chunks(samples: int, chunk: int) -> list[list[int]]:
+    """``[[0..n-1], [n..2n-1], ...]`` covering ``range(samples)``."""
+    chunk = max(1, int(chunk))
+    return [list(range(i, min(i + chunk, samples))) for i in range(0, samples, chunk)]
+
+
+def plan_chunk(
+    shape: Sequence[int], window: Sequence[int], channels: int, samples: int, memory_gb: float,
+    reserved_bytes: int = 0,
+) -> int:
+    """Samples per chunk so that the stitched chunk plus the statistics fit ``memory_gb``.
+
+    ``channels``: per-sample stitched channels (K, plus any extra per-sample maps); ``reserved_bytes``:
+    what the caller needs besides (runner calls, cached trunk). Per sample the accumulator and its
+    normalised copy are float32 (``2 x 4 x channels x V``); the statistics ``(K + 2) x 8 x V``.
+    """
+    v = math.prod(max(int(s), int(w)) for s, w in zip(shape, window, strict=True))
+    stats = (channels + STATS_EXTRA_MAPS) * 8 * v
+    per_sample = 2 * 4 * channels * v
+    budget = int(memory_gb * 2**30) - stats - reserved_bytes - 3 * 4 * v  # input, norm, importance
+    n = budget // per_sample
+    if n < 1:
+        need = (stats + per_sample + reserved_bytes + 3 * 4 * v) / 2**30
+        raise TuneppError(
+            f"the exact blend of a {tuple(int(s) for s in shape)} volume needs {need:.2f} GB, more than the "
+            f"{memory_gb:g} GB budget: raise --memory-gb or choose --blend window (an approximation)"
+        )
+    return int(min(samples, n))
+
+
+def stream_chunks(
+    volume: torch.Tensor,
+    predict: ChunkPredictor,
+    window: Sequence[int],
+    samples: int,
+    chunk: int,
+    overlap: float = 0.5,
+    batch: int = 4,
+    progress: Callable[[int], None] | None = None,
+    reduced: bool = False,
+) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+    """For each chunk of sample ids, the predictor's outputs stitched over ``volume [C, D, H, W]``.
+
+    Yields ``(ids, [out_i [m, c_i, D, H, W]])``. ``reduced`` runs all samples as one chunk whose
+    outputs the predictor has already reduced per window (the per-window-moment blend). ``progress(n)``
+    is called with windows x samples completed.
+    """
+    chunks = [list(range(samples))] if reduced else sample_chunks(samples, chunk)
+    for ids in chunks:
+        leading: list[int] = []
+
+        def predictor(x: torch.Tensor, ids: list[int] = ids, leading: list[int] = leading) -> list[torch.Tensor]:
+            outs = predict(x, ids, None)
+            leading[:] = [int(o.shape[0]) for o in outs]
+            b = x.shape[0]
+            return [o.transpose(0, 1).reshape(b, o.shape[0] * o.shape[2], *o.shape[3:]) for o in outs]
+
+        def step(k: int, n: int = len(ids)) -> None:
+            if progress is not None:
+                progress(k * n)
+
+        stitched = sliding_window(volume, predictor, window, overlap=overlap, batch=batch, progress=step)
+        yield ids, [s.view(m, s.shape[0] // m, *s.shape[1:]) for s, m in zip(stitched, leading, strict=True)]
+
+
+__all__ = ["STATS_EXTRA_MAPS", "ChunkPredictor", "plan_chunk", "sample_chunks", "stream_chunks"]

@@ -1,0 +1,113 @@
+"""TUNE++ MC dropout as a :class:`~tunepp_deploy.predictors.base.Predictor`.
+
+The runner (torch checkpoint, ONNX Runtime graph or TensorRT engine) executes the exported graph
+contract; this predictor draws the masks and logit-noise of S samples from the seed once (the same
+for every case and every backend), applies a stored temperature, and runs the streamed MC engine
+(:func:`tunepp_deploy.infer.mc.mc_predict`). Maps: aleatoric, epistemic, total (= their sum exactly),
+plus predictive entropy and mutual information for the report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from tunepp_deploy.errors import TuneppError
+from tunepp_deploy.infer.masks import sample_masks
+from tunepp_deploy.infer.mc import MCSettings, mc_predict
+from tunepp_deploy.infer.runners.base import Runner
+from tunepp_deploy.predictors.base import Prediction, Predictor, Progress
+from tunepp_deploy.predictors.settings import RunSettings
+
+DEFINITIONS = ("see tunepp_deploy/infer/uncertainty.py: p_s = mean_t softmax(z_s + sigma_s eps_t); "
+               "aleatoric = mean_s(1 - sum_k p_sk^2), epistemic = sum_k Var_s p_sk, "
+               "total = aleatoric + epistemic = 1 - sum_k pbar_k^2")
+
+
+def clamp_and_sum(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """After trilinear resampling: every map >= 0 and ``total = aleatoric + epistemic`` exactly."""
+    out = {k: np.maximum(v, 0.0).astype(np.float32) for k, v in maps.items()}
+    if "aleatoric" in out and "epistemic" in out:
+        out["total"] = out["aleatoric"] + out["epistemic"]
+    return out
+
+
+class TuneppPredictor(Predictor):
+    """A TUNE++ runner plus the MC settings; the runner is closed with the predictor."""
+
+    method = "tunepp"
+    map_names = ("aleatoric", "epistemic", "total")
+    flag_map = "total"
+    definitions = DEFINITIONS
+
+    def __init__(self, runner: Runner, settings: RunSettings, temperature: list[float] | None = None) -> None:
+        meta = runner.meta
+        super().__init__(meta.config, meta.window, runner.name, runner.device)
+        if temperature is not None:
+            t = [float(v) for v in temperature]
+            if len(t) not in (1, meta.num_classes) or not all(np.isfinite(t)) or min(t) <= 0:
+                raise TuneppError(f"stored temperature must be 1 or {meta.num_classes} positive finite values, got {t}")
+            temperature = t
+        self.runner, self.settings, self.temperature = runner, settings, temperature
+        self.mc = MCSettings(samples=settings.samples, seed=settings.seed, overlap=settings.overlap,
+                             max_batch=settings.max_batch, memory_gb=settings.memory_gb, blend=settings.blend,
+                             noise_draws=settings.noise_draws)
+        self.masks = sample_masks(meta.sites, meta.window, settings.samples, settings.seed)
+
+    @property
+    def meta(self):
+        return self.runner.meta
+
+    def predict(self, image: np.ndarray, progress: Progress | None = None) -> Prediction:
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(self.device)
+        done = 0
+        from tunepp_deploy.infer.sliding_window import count_windows
+
+        total = count_windows(image.shape, self.window, self.mc.overlap) * self.mc.samples
+
+        def step(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(done, total)
+
+        res = mc_predict(x, self.runner, self.masks, self.mc, progress=step, temperature=self.temperature)
+        m = res.maps
+        maps = {"aleatoric": m.aleatoric, "epistemic": m.epistemic, "total": m.total,
+                "predictive_entropy": m.predictive_entropy, "mutual_information": m.mutual_information}
+        info: dict[str, Any] = {
+            "temperature": self.temperature,
+            "samples": self.mc.samples,
+            "seed": self.mc.seed,
+            "noise_draws": self.mc.noise_draws,
+            "overlap": self.mc.overlap,
+            "windows": res.windows,
+            "runner_calls": res.calls,
+            "windows_per_call": res.plan.windows_per_call,
+            "samples_per_call": res.plan.samples_per_call,
+            "blend": res.blend,
+            "exact_blend": res.blend == "sample",
+            "sample_chunk": res.sample_chunk,
+            "sample_chunks": int(res.extra["sample_chunks"]),
+            "trunk": res.trunk,
+        }
+        return Prediction(m.mean_probs, maps, info)
+
+    def finish_maps(self, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return clamp_and_sum(maps)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "model_version": self.meta.version, "samples": self.mc.samples,
+                "seed": self.mc.seed}
+
+    def describe_runner(self) -> str:
+        t = f", temperature {[round(v, 4) for v in self.temperature]}" if self.temperature else ""
+        return self.runner.describe() + t
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+__all__ = ["DEFINITIONS", "TuneppPredictor", "clamp_and_sum"]
