@@ -116,7 +116,8 @@ def write_calibration_set(
         x[j] = cache[i][(slice(None), *sl)]
     masks = sample_masks(meta.sites, meta.window, n, seed=MASK_SEED)
     feeds: dict[str, np.ndarray] = {INPUT_NAME: x}
-    feeds.update({name: m for name, m in zip(meta.mask_names, masks.per_site, strict=True)})
+    rows = [t.numpy() for t in masks.rows(range(n), 1, starts=[(0, 0, 0)])]  # sample j for window j
+    feeds.update(dict(zip(meta.mask_names, rows, strict=True)))
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)

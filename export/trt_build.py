@@ -71,7 +71,8 @@ def load_calibration_windows(folder: Path, meta: ModelMeta) -> np.ndarray:
 def calibration_feeds(windows: np.ndarray, meta: ModelMeta) -> dict[str, np.ndarray]:
     """Inputs for calibration: the windows and one MC mask row per window (module docstring)."""
     masks = sample_masks(meta.sites, meta.window, len(windows), seed=0)
-    return {INPUT_NAME: windows, **{n: m for n, m in zip(meta.mask_names, masks.per_site, strict=True)}}
+    rows = [t.numpy() for t in masks.rows(range(len(windows)), 1, starts=[(0, 0, 0)])]  # sample j, window j
+    return {INPUT_NAME: windows, **dict(zip(meta.mask_names, rows, strict=True))}
 
 
 def _entropy_calibrator(trt, feeds: dict[str, np.ndarray], batch: int, cache: Path):

@@ -34,7 +34,7 @@ import torch
 from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.export.metadata import ModelMeta
 from tunepp_deploy.infer.logit_noise import DEFAULT_NOISE_DRAWS, draw_logit_noise, sampled_softmax
-from tunepp_deploy.infer.masks import SampleMasks
+from tunepp_deploy.infer.masks import SampleMasks, mask_alignment
 from tunepp_deploy.infer.moments import SampleStats
 from tunepp_deploy.infer.runners.base import Runner
 from tunepp_deploy.infer.sampling import plan_chunk, sample_chunks, stream_chunks
@@ -144,9 +144,10 @@ def mc_predict(
         raise TuneppError(f"unknown blend '{settings.blend}' (use auto, sample or window)")
     blend = "window" if settings.blend == "window" else "sample"
     plan = plan_calls(meta, S, settings.max_batch, settings.memory_gb, runner.max_rows)
-    noise = torch.from_numpy(draw_logit_noise(masks.seed or 0, range(S), settings.noise_draws, K))
+    noise = torch.from_numpy(draw_logit_noise(settings.seed, range(S), settings.noise_draws, K))
     temp = None if temperature is None else torch.tensor([float(t) for t in temperature], dtype=torch.float32)
     shape = tuple(int(n) for n in volume.shape[1:])
+    align = mask_alignment(meta.sites)  # element masks: windows on the stride grid (infer/masks.py)
     call_bytes = plan.windows_per_call * plan.samples_per_call * plan.row_bytes
     calls = 0
 
@@ -168,10 +169,11 @@ def mc_predict(
     cache_bytes = 0
     state = {"ids": -1, "batch": 0}
 
-    def probs_rows(x: torch.Tensor, sub: list[int], feats: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+    def probs_rows(x: torch.Tensor, sub: list[int], feats: tuple[torch.Tensor, ...] | None,
+                   starts: Sequence[tuple[int, ...]] | None) -> torch.Tensor:
         nonlocal calls
         b = x.shape[0]
-        rows = masks.rows(sub, b, runner.device)
+        rows = masks.rows(sub, b, runner.device, starts=starts)
         logits, log_var = runner.head(feats, rows) if feats is not None else runner(x, rows)
         calls += 1
         logits, log_var = _tempered(logits, log_var, temp)
@@ -199,22 +201,23 @@ def mc_predict(
                 trunk = "recomputed"
         return feats
 
-    def per_sample(x: torch.Tensor, ids: Sequence[int], starts: object) -> list[torch.Tensor]:
+    def per_sample(x: torch.Tensor, ids: Sequence[int], starts: Sequence[tuple[int, ...]] | None) -> list[torch.Tensor]:
         feats = trunk_of(x, ids)
         out = torch.empty((len(ids), x.shape[0], K, *x.shape[2:]), device=runner.device)
         for sub in sample_chunks(len(ids), plan.samples_per_call):
             sel = [ids[j] for j in sub]
-            out[sub[0] : sub[-1] + 1] = probs_rows(x, sel, feats)
+            out[sub[0] : sub[-1] + 1] = probs_rows(x, sel, feats, starts)
         return [out]
 
-    def window_moments(x: torch.Tensor, ids: Sequence[int], starts: object) -> list[torch.Tensor]:
+    def window_moments(x: torch.Tensor, ids: Sequence[int],
+                       starts: Sequence[tuple[int, ...]] | None) -> list[torch.Tensor]:
         feats = trunk_of(x, ids)
         b = x.shape[0]
         mean = torch.zeros((b, K, *x.shape[2:]), dtype=torch.float64, device=runner.device)
         sq = torch.zeros((b, *x.shape[2:]), dtype=torch.float64, device=runner.device)
         ent = torch.zeros_like(sq)
         for sub in sample_chunks(len(ids), plan.samples_per_call):
-            p = probs_rows(x, [ids[j] for j in sub], feats).double()
+            p = probs_rows(x, [ids[j] for j in sub], feats, starts).double()
             mean += p.sum(0)
             sq += (p * p).sum((0, 2))
             ent += entropy(p, 2).sum(0)
@@ -225,7 +228,7 @@ def mc_predict(
     stats = SampleStats()
     stream = stream_chunks(vol, per_sample if blend == "sample" else window_moments, meta.window, S, chunk,
                            overlap=settings.overlap, batch=plan.windows_per_call, progress=progress,
-                           reduced=blend == "window")
+                           reduced=blend == "window", align=align)
     for _ids, (out,) in stream:
         if blend == "sample":
             stats.add(out)
@@ -235,7 +238,7 @@ def mc_predict(
         trunk = "recomputed"
     if runner.device.type == "cuda":
         torch.cuda.synchronize(runner.device)
-    return MCResult(stats.maps(), blend, count_windows(shape, meta.window, settings.overlap), calls, plan,
+    return MCResult(stats.maps(), blend, count_windows(shape, meta.window, settings.overlap, align), calls, plan,
                     time.perf_counter() - t0, sample_chunk=chunk, trunk=trunk,
                     extra={"trunk_cache_bytes": float(cache_bytes), "sample_chunks": float(n_chunks)})
 

@@ -77,19 +77,23 @@ def stream_chunks(
     batch: int = 4,
     progress: Callable[[int], None] | None = None,
     reduced: bool = False,
+    align: int | Sequence[int] = 1,
 ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
     """For each chunk of sample ids, the predictor's outputs stitched over ``volume [C, D, H, W]``.
 
     Yields ``(ids, [out_i [m, c_i, D, H, W]])``. ``reduced`` runs all samples as one chunk whose
     outputs the predictor has already reduced per window (the per-window-moment blend). ``progress(n)``
-    is called with windows x samples completed.
+    is called with windows x samples completed. ``align``: window starts on multiples of it (element
+    dropout masks depend on the volume position; :func:`tunepp_deploy.infer.masks.mask_alignment`); the
+    predictor always receives the windows' start voxels.
     """
     chunks = [list(range(samples))] if reduced else sample_chunks(samples, chunk)
     for ids in chunks:
         leading: list[int] = []
 
-        def predictor(x: torch.Tensor, ids: list[int] = ids, leading: list[int] = leading) -> list[torch.Tensor]:
-            outs = predict(x, ids, None)
+        def predictor(x: torch.Tensor, starts: list[tuple[int, ...]], ids: list[int] = ids,
+                      leading: list[int] = leading) -> list[torch.Tensor]:
+            outs = predict(x, ids, starts)
             leading[:] = [int(o.shape[0]) for o in outs]
             b = x.shape[0]
             return [o.transpose(0, 1).reshape(b, o.shape[0] * o.shape[2], *o.shape[3:]) for o in outs]
@@ -98,7 +102,8 @@ def stream_chunks(
             if progress is not None:
                 progress(k * n)
 
-        stitched = sliding_window(volume, predictor, window, overlap=overlap, batch=batch, progress=step)
+        stitched = sliding_window(volume, predictor, window, overlap=overlap, batch=batch, progress=step,
+                                  align=align, with_starts=True)
         yield ids, [s.view(m, s.shape[0] // m, *s.shape[1:]) for s, m in zip(stitched, leading, strict=True)]
 
 

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from tunepp_deploy.errors import TuneppError
-from tunepp_deploy.infer.masks import sample_masks
+from tunepp_deploy.infer.masks import mask_alignment, sample_masks
 from tunepp_deploy.infer.mc import MCSettings, mc_predict
 from tunepp_deploy.infer.runners.base import Runner
+from tunepp_deploy.infer.sliding_window import count_windows
 from tunepp_deploy.predictors.base import Prediction, Predictor, Progress
 from tunepp_deploy.predictors.settings import RunSettings
 
@@ -63,9 +64,8 @@ class TuneppPredictor(Predictor):
     def predict(self, image: np.ndarray, progress: Progress | None = None) -> Prediction:
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(self.device)
         done = 0
-        from tunepp_deploy.infer.sliding_window import count_windows
-
-        total = count_windows(image.shape, self.window, self.mc.overlap) * self.mc.samples
+        total = count_windows(image.shape, self.window, self.mc.overlap, mask_alignment(self.meta.sites))
+        total *= self.mc.samples
 
         def step(n: int) -> None:
             nonlocal done
