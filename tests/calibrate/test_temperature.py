@@ -101,10 +101,27 @@ def test_tempered_runner_scales_logits_and_log_var(tiny_ckpt: Path) -> None:
 def test_cli_temperature_fits_and_stores(tiny_ckpt: Path, tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "calibrated.pt"
     res = CliRunner().invoke(app, ["calibrate", "temperature", "--model", str(tiny_ckpt), "--data", str(tiny_data),
-                                   "--out", str(out), "--voxels", "5000", "--device", "cpu"])
+                                   "--out", str(out), "--voxels", "5000", "--eval-voxels", "2000", "--samples", "2",
+                                   "--noise-draws", "2", "--mc-seed", "5", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     t = read_temperature(out)
     assert t is not None and len(t) == 1 and t[0] > 0
     fit = read_checkpoint(out)["temperature_fit"]
-    assert fit["nll_after"] <= fit["nll_before"] + 1e-9
-    assert "ECE (all voxels)" in res.output
+    assert fit["nll_fit_after"] <= fit["nll_fit_before"] + 1e-9  # the fit's own objective never gets worse
+    assert (fit["samples"], fit["noise_draws"], fit["mc_seed"], fit["seed"]) == (2, 2, 5, 0)
+    assert fit["eval_voxels"] == 2000 and 0 < fit["fit_voxels"] <= 5000 and "disjoint" in fit["voxel_split"]
+    assert "ECE (all voxels)" in res.output and "disjoint from the fit" in res.output
+
+
+def test_cli_temperature_defaults_to_the_configured_samples(tiny_ckpt: Path, tiny_data: Path, tmp_path: Path) -> None:
+    from tunepp_deploy.infer.logit_noise import DEFAULT_NOISE_DRAWS
+
+    ckpt = read_checkpoint(tiny_ckpt)
+    ckpt["config"]["infer"]["samples"] = 3
+    model = tmp_path / "s3.pt"
+    torch.save(ckpt, model)
+    res = CliRunner().invoke(app, ["calibrate", "temperature", "--model", str(model), "--data", str(tiny_data),
+                                   "--voxels", "2000", "--eval-voxels", "1000", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    fit = read_checkpoint(model)["temperature_fit"]  # in place
+    assert fit["samples"] == 3 and fit["noise_draws"] == DEFAULT_NOISE_DRAWS

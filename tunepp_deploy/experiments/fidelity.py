@@ -8,8 +8,9 @@ Protocol (``tunepp experiment fidelity --out DIR``; every number comes from file
    intensity, unseen shape) from a third seed.
 2. Two runs of the same config, identical except ``loss.lambda1``: the config's value (``topo``) and
    0 (``no_topo``: no topology term).
-3. Per run: temperature scaling on the validation split (:mod:`tunepp_deploy.calibrate.temperature`;
-   ECE before/after on held-out validation voxels), then MC inference on the test set without and
+3. Per run: temperature scaling of the MC predictive (``samples`` dropout samples, the inference seed)
+   on the validation split (:mod:`tunepp_deploy.calibrate.temperature`; ECE before/after on held-out
+   validation voxels disjoint from the fit voxels), then MC inference on the test set without and
    with the temperature (test ECE before/after) and on the shifted sets with it, each evaluated by
    :func:`tunepp_deploy.evaluation.run.evaluate_folders` (full reports under ``<run>/eval_*``).
 4. Summary (``fidelity.json`` + ``fidelity.md``): Dice, Betti error per case and its relative
@@ -83,7 +84,7 @@ def run_variant(
     """Train, calibrate and evaluate one variant; returns its summary row."""
     from tunepp_deploy.calibrate.temperature import (
         fit_on_validation,
-        gather_val_logits,
+        gather_val_samples,
         store_temperature,
         validation_cases,
     )
@@ -101,7 +102,8 @@ def run_variant(
 
     with open_runner(ckpt, "torch", "cpu", temperature=False) as runner:
         cases, split = validation_cases(ckpt, data["train"], cfg.data.layout, cfg.data.val_fraction, cfg.train.seed)
-        val = gather_val_logits(runner, cases, overlap=cfg.infer.overlap, seed=s.seed)
+        # the MC predictive the test inference below computes: same S and seed
+        val = gather_val_samples(runner, cases, s.samples, mc_seed=s.seed, overlap=cfg.infer.overlap, seed=s.seed)
     fit = fit_on_validation(val, per_class=False, split=split)
     calibrated = store_temperature(ckpt, fit, run / "calibrated.pt")
     console.print(f"{name}: T = {fit.temperature[0]:.3f}; val ECE {fit.ece_before:.4f} -> {fit.ece_after:.4f}")
