@@ -1,6 +1,9 @@
-"""Whole-volume saliency-variance fusion: shapes, S = 1, the fusion formula by hand, stitching parity."""
+"""Whole-volume saliency-variance fusion (the saliency predictor): shapes, S = 1, the fusion formula by
+hand, streamed chunks equal to the stacked samples, and its one-line refusals."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -8,39 +11,54 @@ import torch
 
 from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.infer.masks import sample_masks
+from tunepp_deploy.infer.sliding_window import sliding_window
 from tunepp_deploy.methods.saliency.experiment import tunepp_forward_sample
-from tunepp_deploy.methods.saliency.volume import resolve_target, volume_maps, volume_saliency
-from tunepp_deploy.methods.volume import per_sample_probs
+from tunepp_deploy.methods.saliency.gradcam import resolve_target, seg_grad_cam
+from tunepp_deploy.predictors.saliency import SaliencyPredictor, SaliencyStats, open_saliency_predictor
+from tunepp_deploy.predictors.settings import RunOptions, resolve
+from tunepp_deploy.train.checkpoint import save_checkpoint
 
 WIN = (16, 16, 8)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def net(tiny_backbone):
+    """A copy: the predictor freezes its network, which must not leak into the shared fixture."""
+    return copy.deepcopy(tiny_backbone)
 
 
 def _image() -> np.ndarray:
     return np.random.default_rng(0).random((24, 20, 12), dtype=np.float32)  # not a multiple of the window
 
 
-def test_shapes_and_stitching_matches_plain_mc(tiny_backbone) -> None:
-    masks = sample_masks(tiny_backbone.dropout_sites(), WIN, 3, seed=0)
-    fwd = tunepp_forward_sample(tiny_backbone, masks)
+def _predictor(net, cfg, samples: int, seed: int = 0, chunk: int | None = None, w: float = 0.5) -> SaliencyPredictor:
+    settings = resolve(cfg, RunOptions(samples=samples, seed=seed, overlap=0.5, max_batch=2))
+    return SaliencyPredictor(net, cfg, settings, CPU, weight=w, chunk=chunk)
+
+
+def test_shapes_and_softmax_is_the_plain_per_sample_mc(net, tiny_cfg) -> None:
     im = _image()
-    got = volume_saliency(im, fwd, resolve_target(tiny_backbone), 3, WIN, overlap=0.5, batch=2)
-    assert got.mean_probs.shape == (5, *im.shape) and got.samples == 3
-    for m in (got.predictive_variance, got.saliency_variance, got.fused):
+    pred = _predictor(net, tiny_cfg, 3).predict(im)
+    assert pred.probs.shape == (5, *im.shape) and pred.info["samples"] == 3 and pred.info["target"] == "bottleneck"
+    for m in pred.maps.values():
         assert m.shape == im.shape and torch.isfinite(m).all() and float(m.min()) >= 0.0
-    assert float(got.fused.max()) <= 1.0 + 1e-6 and float(got.saliency_variance.max()) > 0.0
-    # the softmax half is the same per-sample stitched MC as every other method's
-    ref = per_sample_probs(im, fwd, 3, WIN, overlap=0.5, batch=2)
-    assert torch.allclose(got.mean_probs, ref.mean(0), atol=1e-5)
+    assert float(pred.maps["fused"].max()) <= 1.0 + 1e-6 and float(pred.maps["saliency_variance"].max()) > 0.0
+    # the softmax half is the same per-sample stitched MC as every other method's (no gradients involved)
+    fwd = tunepp_forward_sample(net, sample_masks(net.dropout_sites(), WIN, 3, seed=0))
+    vol = torch.from_numpy(im)[None]
+    with torch.no_grad():
+        ref = torch.stack([sliding_window(vol, lambda x, s=s: [torch.softmax(fwd(x, s), 1)], WIN, 0.5, 2)[0]
+                           for s in range(3)])
+    assert torch.allclose(pred.probs, ref.mean(0), atol=1e-5)
 
 
-def test_one_sample_has_no_saliency_variance(tiny_backbone) -> None:
-    masks = sample_masks(tiny_backbone.dropout_sites(), WIN, 1, seed=0)
-    got = volume_saliency(_image(), tunepp_forward_sample(tiny_backbone, masks), resolve_target(tiny_backbone), 1,
-                          WIN)
-    assert float(got.saliency_variance.abs().max()) == 0.0 and float(got.predictive_variance.abs().max()) == 0.0
+def test_one_sample_has_no_variance(net, tiny_cfg) -> None:
+    m = _predictor(net, tiny_cfg, 1).predict(_image()).maps
+    assert float(m["saliency_variance"].abs().max()) == 0.0 and float(m["predictive_variance"].abs().max()) == 0.0
 
 
-def test_fused_map_by_hand() -> None:
+def test_fused_map_by_hand_any_chunking() -> None:
     rng = np.random.default_rng(1)
     p = rng.random((3, 2, 4, 3, 2))
     p /= p.sum(1, keepdims=True)  # [S, K, ...] probabilities
@@ -50,9 +68,15 @@ def test_fused_map_by_hand() -> None:
     sv = np.var(normed, axis=0)
     pv = p.var(axis=0).sum(0)
     want = w * (pv - pv.min()) / (pv.max() - pv.min()) + (1 - w) * (sv - sv.min()) / (sv.max() - sv.min())
-    got = volume_maps(torch.from_numpy(p), torch.from_numpy(cams), w)
+    acc = SaliencyStats()
+    acc.add(torch.from_numpy(p[:2]), torch.from_numpy(cams[:2]))  # a chunk of two, then one
+    acc.add(torch.from_numpy(p[2:]), torch.from_numpy(cams[2:]))
+    got = acc.maps(w)
+    assert got.samples == 3
     assert np.allclose(got.saliency_variance.numpy(), sv) and np.allclose(got.predictive_variance.numpy(), pv)
     assert np.allclose(got.fused.numpy(), want) and np.allclose(got.mean_probs.numpy(), p.mean(0))
+    with pytest.raises(ValueError, match="disagree"):
+        acc.add(torch.from_numpy(p[:1]), torch.from_numpy(cams[:2]))
 
 
 def test_resolve_target(tiny_backbone) -> None:
@@ -62,18 +86,14 @@ def test_resolve_target(tiny_backbone) -> None:
         resolve_target(tiny_backbone, "nope")
 
 
-def test_streamed_moments_equal_the_stacked_samples(tiny_backbone) -> None:
-    """volume_saliency keeps running sums only; stacking every stitched sample and taking the
-    variance directly (volume_maps on the stack, itself checked by hand above) must agree."""
-    from tunepp_deploy.infer.sliding_window import sliding_window
-    from tunepp_deploy.methods.saliency.gradcam import seg_grad_cam
-
-    s_count = 4
-    masks = sample_masks(tiny_backbone.dropout_sites(), WIN, s_count, seed=3)
-    fwd = tunepp_forward_sample(tiny_backbone, masks)
-    layer = resolve_target(tiny_backbone)
-    im = _image()
-    vol = torch.from_numpy(im)[None]
+@pytest.fixture(scope="module")
+def stacked(net) -> dict[str, np.ndarray]:
+    """The reference: every sample's softmax and Grad-CAM stitched on its own, then the variances of
+    the stack by hand (numpy), each CAM min-max normalised over its whole volume first."""
+    s_count, w = 4, 0.4
+    fwd = tunepp_forward_sample(net, sample_masks(net.dropout_sites(), WIN, s_count, seed=3))
+    layer = resolve_target(net)
+    vol = torch.from_numpy(_image())[None]
     probs, cams = [], []
     for s in range(s_count):
         def predict(x: torch.Tensor, s: int = s) -> list[torch.Tensor]:
@@ -81,13 +101,37 @@ def test_streamed_moments_equal_the_stacked_samples(tiny_backbone) -> None:
             return [torch.softmax(logits, 1), cam[:, None]]
 
         p, c = sliding_window(vol, predict, WIN, overlap=0.5, batch=2)
-        probs.append(p)
-        cams.append(c[0])
-    want = volume_maps(torch.stack(probs), torch.stack(cams), 0.4)
-    got = volume_saliency(im, fwd, layer, s_count, WIN, overlap=0.5, batch=2, w=0.4)
-    for a, b in ((got.mean_probs, want.mean_probs), (got.predictive_variance, want.predictive_variance),
-                 (got.saliency_variance, want.saliency_variance), (got.fused, want.fused)):
-        assert torch.allclose(a, b, atol=1e-6)
-    # and the stacked variance is the plain numpy one of the per-volume min-max normalised CAMs
-    normed = [(c.numpy() - c.numpy().min()) / (c.numpy().max() - c.numpy().min()) for c in cams]
-    assert np.allclose(got.saliency_variance.numpy(), np.var(normed, axis=0), atol=1e-6)
+        probs.append(p.double().numpy())
+        cams.append(c[0].double().numpy())
+    p = np.stack(probs)
+    normed = [(c - c.min()) / (c.max() - c.min()) for c in cams]
+    sv, pv = np.var(normed, axis=0), p.var(axis=0).sum(0)
+    fused = w * (pv - pv.min()) / (pv.max() - pv.min()) + (1 - w) * (sv - sv.min()) / (sv.max() - sv.min())
+    return {"probs": p.mean(0), "predictive_variance": pv, "saliency_variance": sv, "fused": fused}
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4])
+def test_streamed_chunks_equal_the_stacked_samples(net, tiny_cfg, stacked, chunk: int) -> None:
+    pred = _predictor(net, tiny_cfg, 4, seed=3, chunk=chunk, w=0.4).predict(_image())
+    assert pred.info["sample_chunk"] == chunk
+    assert np.allclose(pred.probs.numpy(), stacked["probs"], atol=1e-6)
+    for k in ("predictive_variance", "saliency_variance", "fused"):
+        assert np.allclose(pred.maps[k].numpy(), stacked[k], atol=1e-6), k
+
+
+def test_open_refuses_backends_without_autograd(tiny_cfg, tiny_backbone, tmp_path) -> None:
+    ckpt = save_checkpoint(tmp_path / "best.pt", tiny_backbone, tiny_cfg)
+    with open_saliency_predictor(ckpt, "auto", CPU, None, RunOptions(samples=2), target="decoder.0", weight=0.2) as p:
+        assert p.layer is p.net.decoder[0] and p.describe()["fusion_weight"] == 0.2 and p.flag_map == "fused"
+        assert p.settings.samples == 2 and "autograd" in p.describe_runner()
+    for backend in ("ort", "trt"):
+        with pytest.raises(TuneppError, match="autograd"):
+            open_saliency_predictor(ckpt, backend, CPU, None, RunOptions())
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"")
+    with pytest.raises(TuneppError, match="checkpoint"):
+        open_saliency_predictor(onnx_file, "auto", CPU, None, RunOptions())
+    with pytest.raises(TuneppError, match="--blend"):
+        open_saliency_predictor(ckpt, "auto", CPU, None, RunOptions(blend="window"))
+    with pytest.raises(TuneppError, match="fusion weight"):
+        open_saliency_predictor(ckpt, "auto", CPU, None, RunOptions(), weight=1.5)

@@ -1,4 +1,5 @@
-"""SegWithU head: codes, maps, temperature >= 1 with unchanged argmax, loss, training, ONNX parity."""
+"""SegWithU head: codes, maps, temperature >= 1 with unchanged argmax, loss, training, ONNX parity
+(graph and whole-volume predictors)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import torch
 from tunepp_deploy.methods.segwithu import SegWithU, load_segwithu, probe_codes, save_segwithu
 from tunepp_deploy.methods.segwithu.export import OUTPUTS, export_segwithu
 from tunepp_deploy.methods.segwithu.losses import pairwise_ranking, segwithu_loss
+from tunepp_deploy.methods.segwithu.runner import TorchSegWithURunner
 from tunepp_deploy.methods.segwithu.train import HeadSettings, train_head
+from tunepp_deploy.predictors.segwithu import SegWithUPredictor, open_segwithu_predictor
+from tunepp_deploy.predictors.settings import RunOptions, resolve
 
 WIN = (16, 16, 8)
 
@@ -115,3 +119,13 @@ def test_onnx_single_pass_parity(model: SegWithU, tiny_cfg, tmp_path) -> None:
     ref = [logits, o.tempered_logits, o.temperature, o.u_cal, o.u_rnk, o.u_epi]
     for name, g, r in zip(OUTPUTS, got, ref, strict=True):
         assert np.abs(g - r.numpy()).max() <= 1e-4, name
+    # the whole-volume predictors on either backend: the ONNX file alone (config + window from its metadata)
+    image = np.random.default_rng(2).standard_normal((24, 20, 12)).astype(np.float32)
+    cpu = torch.device("cpu")
+    torch_pred = SegWithUPredictor(TorchSegWithURunner(model, cpu), tiny_cfg, WIN, resolve(tiny_cfg))
+    with open_segwithu_predictor(path, "auto", cpu, 1, RunOptions()) as ort_pred:
+        assert ort_pred.backend == "ort" and ort_pred.window == WIN and ort_pred.classes == torch_pred.classes
+        a, b = torch_pred.predict(image), ort_pred.predict(image)
+    assert torch.allclose(a.probs, b.probs, atol=1e-4) and a.info == b.info
+    for name in a.maps:
+        assert torch.allclose(a.maps[name], b.maps[name], atol=1e-4), name

@@ -18,10 +18,10 @@ from conftest import ROOT, TINY
 from tunepp_deploy.config.load import config_to_dict, load_config
 from tunepp_deploy.data.phantom import write_phantom_dataset
 from tunepp_deploy.data.preprocess import normalize_intensity
+from tunepp_deploy.infer.sliding_window import sliding_window
+from tunepp_deploy.infer.uncertainty import maps_from_samples
 from tunepp_deploy.methods.variational.noise import sample_weight_noise
 from tunepp_deploy.methods.variational.train import load_variational
-from tunepp_deploy.methods.variational.uncertainty import variational_maps
-from tunepp_deploy.methods.volume import per_sample_probs
 
 TRAIN = ["--iters", "3", "--batch", "1", "--widths", "4,8", "--seed", "1"]
 MAPS = ("seg", "aleatoric", "epistemic", "total")
@@ -93,8 +93,11 @@ def test_maps_equal_a_direct_computation_on_the_model_grid(trained: dict[str, Pa
     net, cfg, _ = load_variational(trained["ckpt"])
     image = normalize_intensity(nib.load(str(scan)).get_fdata().astype(np.float32), cfg.data.intensity)
     noise = sample_weight_noise(net.noise_shapes(), 4, cfg.infer.seed)
-    probs = per_sample_probs(image, lambda x, s: net(x, noise.sample(s)), 4, cfg.window, cfg.infer.overlap)
-    ref = variational_maps(probs.double())
+    vol = torch.from_numpy(image)[None]
+    with torch.no_grad():  # each sample stitched on its own, then the all-samples formulas
+        probs = torch.stack([sliding_window(vol, lambda x, s=s: [torch.softmax(net(x, noise.sample(s)), 1)],
+                                            cfg.window, cfg.infer.overlap, cfg.infer.max_batch)[0] for s in range(4)])
+    ref = maps_from_samples(probs.double())
     assert np.array_equal(got["seg"], ref.mean_probs.argmax(0).numpy())
     assert np.abs(got["epistemic"] - ref.epistemic.numpy()).max() < 1e-5
     assert np.abs(got["aleatoric"] - ref.aleatoric.numpy()).max() < 1e-5
@@ -137,5 +140,7 @@ def test_wrong_method_or_option_is_one_line(trained: dict[str, Path]) -> None:
     one_line_error(cli("infer", "-i", scan, "-o", out, "-m", trained["ckpt"], "--blend", "window"), "--blend")
     one_line_error(cli("infer", "-i", scan, "-o", out, "-m", trained["ckpt"], "--backend", "ort"), "--backend torch")
     assert not out.exists() or not any(out.iterdir())
-    res = cli("evaluate", "--model", trained["ckpt"], "--data", trained["data"], "-o", trained["root"] / "ev")
-    assert res.exit_code == 2 and "variational-method checkpoint, not a TUNE++ one" in res.output, res.output
+    # evaluate --model opens any method's model through the same predictors as infer
+    res = cli("evaluate", "--model", trained["ckpt"], "--data", trained["data"], "-o", trained["root"] / "ev",
+              "--samples", "2")
+    assert res.exit_code == 0 and "4 cases" in res.output, res.output

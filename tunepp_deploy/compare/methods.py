@@ -9,10 +9,14 @@ all on the same preprocessed test volumes, the config's window/overlap, and seed
   torch run. Stored temperatures are *not* applied (``temperature=False``) so that every TUNE++-based
   row (MC, saliency, SegWithU's raw logits) starts from the same probabilities.
 * ``saliency_fusion`` / ``saliency_sal_only`` — the same backbone and the same S masks, a
-  Seg-Grad-CAM per sample (:mod:`tunepp_deploy.methods.saliency.volume`); uncertainty = fused map /
+  Seg-Grad-CAM per sample (:mod:`tunepp_deploy.predictors.saliency`); uncertainty = fused map /
   saliency variance alone. Torch only: Grad-CAM needs autograd, which ONNX Runtime does not have.
 * ``segwithu`` — backbone + head, one pass; probabilities = tempered softmax, uncertainty = ranking map.
 * ``vi_<arch>`` — S weight-noise samples (seeded), per-sample stitched softmax; epistemic variance.
+
+The last three rows are the predictors of :mod:`tunepp_deploy.predictors` (the ones ``tunepp infer``
+runs), opened from the model files with the comparison's overlap, batch, seed and S, and closed with
+the comparison's ``ExitStack``.
 """
 
 from __future__ import annotations
@@ -32,18 +36,15 @@ from tunepp_deploy.export.onnx_export import export_checkpoint
 from tunepp_deploy.infer.masks import sample_masks
 from tunepp_deploy.infer.mc import MCSettings, mc_predict
 from tunepp_deploy.infer.runners import Runner, open_runner
-from tunepp_deploy.infer.uncertainty import epistemic_variance
-from tunepp_deploy.methods.saliency.experiment import tunepp_forward_sample
 from tunepp_deploy.methods.saliency.fusion import DEFAULT_FUSION_WEIGHT
-from tunepp_deploy.methods.saliency.volume import BOTTLENECK, resolve_target, volume_saliency
+from tunepp_deploy.methods.saliency.gradcam import BOTTLENECK
 from tunepp_deploy.methods.segwithu.export import export_segwithu
-from tunepp_deploy.methods.segwithu.predict import predict_volume
-from tunepp_deploy.methods.segwithu.runner import WindowFn, open_segwithu, torch_window_fn
-from tunepp_deploy.methods.segwithu.train import load_backbone
 from tunepp_deploy.methods.variational.export import export_variational_checkpoint
-from tunepp_deploy.methods.variational.noise import sample_weight_noise
-from tunepp_deploy.methods.variational.runners import VariationalRunner, open_variational
-from tunepp_deploy.methods.volume import per_sample_probs
+from tunepp_deploy.predictors.base import Predictor
+from tunepp_deploy.predictors.saliency import open_saliency_predictor
+from tunepp_deploy.predictors.segwithu import open_segwithu_predictor
+from tunepp_deploy.predictors.settings import RunOptions
+from tunepp_deploy.predictors.variational import open_variational_predictor
 
 #: ``image [D, H, W] -> (mean probs [K, ...], {map name: uncertainty [...]})``; the first map is the row's.
 Predict = Callable[[np.ndarray], tuple[np.ndarray, dict[str, np.ndarray]]]
@@ -94,70 +95,69 @@ def tunepp_method(models: Models, cfg: TuneppConfig, samples: int, out: Path, th
                   models.train_seconds.get("tunepp"), {"onnx_export_s": export_s})
 
 
-def saliency_method(models: Models, cfg: TuneppConfig, samples: int, target: str = BOTTLENECK,
-                    w: float = DEFAULT_FUSION_WEIGHT) -> Method:
-    """Saliency-variance fusion on the TUNE++ backbone with the tunepp_mc row's masks (torch only);
-    nothing of its own to train (its train seconds are the backbone's).
+CPU = torch.device("cpu")
 
-    A fresh copy of the backbone, frozen: the SegWithU head's taps hook the shared one, and frozen
-    weights keep autograd from recording the encoder below the target layer.
-    """
-    net, _ = load_backbone(models.backbone_path)
-    net.requires_grad_(False)
-    layer = resolve_target(net, target)
-    masks = sample_masks(net.dropout_sites(), cfg.window, samples, cfg.infer.seed)
-    fwd = tunepp_forward_sample(net, masks)
+
+def _options(cfg: TuneppConfig, samples: int) -> RunOptions:
+    """The comparison's own settings, not each model file's: every row runs the same window overlap,
+    batch, seed and S (a loaded model's stored ``infer`` defaults could differ)."""
+    i = cfg.infer
+    return RunOptions(samples=samples, seed=i.seed, overlap=i.overlap, max_batch=i.max_batch, memory_gb=i.memory_gb)
+
+
+def _as_predict(predictor: Predictor, keys: tuple[str, ...]) -> Predict:
+    """A predictor as a row's :data:`Predict`: the mean probabilities and the maps ``keys`` (numpy)."""
 
     def predict(image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        m = volume_saliency(image, fwd, layer, samples, cfg.window, cfg.infer.overlap, cfg.infer.max_batch, w)
-        return m.mean_probs.numpy(), {"fused": m.fused.numpy(), "saliency_variance": m.saliency_variance.numpy(),
-                                      "predictive_variance": m.predictive_variance.numpy()}
+        pred = predictor.predict(image)
+        return pred.probs.cpu().numpy(), {k: pred.maps[k].cpu().numpy() for k in keys}
 
+    return predict
+
+
+def saliency_method(models: Models, cfg: TuneppConfig, samples: int, stack: ExitStack, target: str = BOTTLENECK,
+                    w: float = DEFAULT_FUSION_WEIGHT) -> Method:
+    """Saliency-variance fusion on the TUNE++ backbone with the tunepp_mc row's masks (torch only,
+    :class:`~tunepp_deploy.predictors.saliency.SaliencyPredictor`); nothing of its own to train (its
+    train seconds are the backbone's). The predictor loads its own frozen copy of the backbone, so the
+    SegWithU head's taps on another copy never see its passes."""
+    sal = stack.enter_context(open_saliency_predictor(models.backbone_path, "torch", CPU, None,
+                                                      _options(cfg, samples), target, w))
     notes = {"saliency_fusion": f"w norm(V_pred) + (1-w) norm(V_sal), w = {w}; V_sal = Var_s of the per-sample "
                                 f"Seg-Grad-CAMs on '{target}', each min-max normalised over the whole stitched volume",
              "saliency_sal_only": "V_sal alone (same run as saliency_fusion)"}
-    return Method("saliency_fusion", samples, notes, predict, None,
+    return Method("saliency_fusion", samples, notes,
+                  _as_predict(sal, ("fused", "saliency_variance", "predictive_variance")), None,
                   {"fused": "saliency_fusion", "saliency_variance": "saliency_sal_only"},
                   models.train_seconds.get("tunepp"), {"target": target, "fusion_weight": w})
 
 
-def segwithu_method(models: Models, cfg: TuneppConfig, out: Path, threads: int) -> Method:
-    """SegWithU, one pass, torch and ONNX Runtime (exported to ``out/segwithu.onnx``, opened with the
-    same :func:`~tunepp_deploy.methods.segwithu.runner.open_segwithu` that ``tunepp infer`` uses)."""
-
-    def run(fn: WindowFn) -> Predict:
-        def predict(image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-            m = predict_volume(image, fn, tuple(cfg.window), cfg.infer.overlap, cfg.infer.max_batch)
-            return m.tempered.numpy(), {"ranking": m.u_rnk.numpy()}
-
-        return predict
-
+def segwithu_method(models: Models, cfg: TuneppConfig, out: Path, threads: int, stack: ExitStack) -> Method:
+    """SegWithU, one pass, torch (the head checkpoint) and ONNX Runtime (exported to
+    ``out/segwithu.onnx``), both opened with the
+    :func:`~tunepp_deploy.predictors.segwithu.open_segwithu_predictor` that ``tunepp infer`` uses;
+    probabilities = tempered softmax."""
     onnx_path = export_segwithu(models.head, cfg, cfg.window, out / "segwithu.onnx")
-    ort_runner = open_segwithu(onnx_path, "ort", "cpu", threads)
+    opts = _options(cfg, 1)
+    tp = stack.enter_context(open_segwithu_predictor(Path(models.paths["head"]), "torch", CPU, None, opts))
+    op = stack.enter_context(open_segwithu_predictor(onnx_path, "ort", CPU, threads, opts))
     return Method("segwithu", 1, {"segwithu": "ranking map U_rnk (one pass; probabilities = tempered softmax)"},
-                  run(torch_window_fn(models.head)), run(ort_runner.window_fn), {"ranking": "segwithu"},
+                  _as_predict(tp, ("ranking",)), _as_predict(op, ("ranking",)), {"ranking": "segwithu"},
                   models.train_seconds.get("segwithu"))
 
 
-def vi_method(models: Models, cfg: TuneppConfig, samples: int, out: Path, threads: int) -> Method:
+def vi_method(models: Models, cfg: TuneppConfig, samples: int, out: Path, threads: int, stack: ExitStack) -> Method:
     """The variational network with S seeded weight-noise samples, torch and ONNX Runtime, through the
-    runners ``tunepp infer --method variational`` uses
-    (:func:`~tunepp_deploy.methods.variational.runners.open_variational`)."""
+    predictor ``tunepp infer --method variational`` uses
+    (:func:`~tunepp_deploy.predictors.variational.open_variational_predictor`)."""
     arch = models.vi_arch
     onnx_path = export_variational_checkpoint(models.paths["vi"], out / f"vi_{arch}.onnx").path
-    runners = [open_variational(models.paths["vi"], "torch", "cpu"), open_variational(onnx_path, "ort", "cpu", threads)]
-    noise = sample_weight_noise(runners[0].noise_shapes, samples, cfg.infer.seed)
-
-    def run(runner: VariationalRunner) -> Predict:
-        def predict(image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-            p = per_sample_probs(image, lambda x, s: runner.logits(x, noise, s), samples, cfg.window,
-                                 cfg.infer.overlap, cfg.infer.max_batch)
-            return p.mean(0).numpy(), {"epistemic": epistemic_variance(p).numpy()}
-
-        return predict
-
+    opts = _options(cfg, samples)
+    tp = stack.enter_context(open_variational_predictor(Path(models.paths["vi"]), "torch", CPU, None, opts))
+    op = stack.enter_context(open_variational_predictor(onnx_path, "ort", CPU, threads, opts))
     return Method(f"vi_{arch}", samples, {f"vi_{arch}": "epistemic variance sum_k Var_s p over S weight-noise samples"},
-                  run(runners[0]), run(runners[1]), {"epistemic": f"vi_{arch}"}, models.train_seconds.get("vi"))
+                  _as_predict(tp, ("epistemic",)), _as_predict(op, ("epistemic",)), {"epistemic": f"vi_{arch}"},
+                  models.train_seconds.get("vi"))
 
 
 __all__ = ["Method", "Predict", "saliency_method", "segwithu_method", "tunepp_method", "vi_method"]

@@ -59,8 +59,9 @@ class ModelRequest:
 
 @dataclass
 class Models:
-    """The models of a comparison: their paths (every row opens its runners from these), the SegWithU
-    head in memory (exported and run from there), and how long training took (None: loaded)."""
+    """The models of a comparison: their paths (every row opens its predictors from these), the SegWithU
+    head in memory (exported to ONNX from there; the torch row opens the saved checkpoint), and how long
+    training took (None: loaded)."""
 
     backbone_path: Path
     head: SegWithU

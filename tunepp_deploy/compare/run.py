@@ -37,7 +37,7 @@ from tunepp_deploy.config.schema import TuneppConfig
 from tunepp_deploy.data.dataset import LoadedCase, load_case, split_cases
 from tunepp_deploy.data.layout import find_cases
 from tunepp_deploy.methods.saliency.fusion import DEFAULT_FUSION_WEIGHT
-from tunepp_deploy.methods.saliency.volume import BOTTLENECK, resolve_target
+from tunepp_deploy.methods.saliency.gradcam import BOTTLENECK, resolve_target
 from tunepp_deploy.model import build_network
 
 
@@ -113,9 +113,9 @@ def run_compare(cfg: TuneppConfig, data: Path, out: Path, settings: CompareSetti
         console.print("exporting TUNE++, SegWithU and the variational network to ONNX")
         methods = [
             tunepp_method(models, cfg, s, out, threads, stack),
-            saliency_method(models, cfg, s, settings.saliency_target, settings.fusion_weight),
-            segwithu_method(models, cfg, out, threads),
-            vi_method(models, cfg, s, out, threads),
+            saliency_method(models, cfg, s, stack, settings.saliency_target, settings.fusion_weight),
+            segwithu_method(models, cfg, out, threads, stack),
+            vi_method(models, cfg, s, out, threads, stack),
         ]
         for m in methods:
             console.print(f"[bold]evaluating {m.name}[/] (S = {m.samples}) on {len(test_cases)} test case(s)")

@@ -9,6 +9,12 @@ the map is ``ReLU(sum_k alpha_k A_k)`` up-sampled (bi/trilinear) to the input gr
 restricts the sum (default: every foreground class 1..K-1); ``region`` replaces the predicted masks.
 The target layer is any module (its *output* is ``A``); the bottleneck works well for a U-Net
 (coarse, semantic). Works with frozen weights: the activation is made a leaf that requires grad.
+
+:func:`resolve_target` names the target of a 3D TUNE++ network. The bottleneck is the default because
+it is the coarsest, most semantic encoder feature (as in the seed's 2D U-Net). In TUNE++ it lies
+before the default dropout sites, so its *activation* is the same for every MC sample; what differs
+per sample is the gradient flowing back through the sample's dropped channels — exactly what the
+saliency variance measures.
 """
 
 from __future__ import annotations
@@ -18,6 +24,11 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from tunepp_deploy.errors import TuneppError
+
+#: Name :func:`resolve_target` maps to the network's deepest encoder stage.
+BOTTLENECK = "bottleneck"
 
 
 def segmentation_score(logits: Tensor, classes: Sequence[int] | None = None, region: Tensor | None = None) -> Tensor:
@@ -59,4 +70,18 @@ def seg_grad_cam(
     return cam[:, 0], logits.detach()
 
 
-__all__ = ["seg_grad_cam", "segmentation_score"]
+def resolve_target(net: nn.Module, name: str = BOTTLENECK) -> nn.Module:
+    """The Grad-CAM target layer: ``"bottleneck"`` (the last encoder stage of a TUNE++ network, i.e.
+    ``encoder.{L-1}``) or any name of ``net.named_modules()``; an unknown name is a one-line error."""
+    encoder = getattr(net, "encoder", None)
+    if name == BOTTLENECK and isinstance(encoder, nn.ModuleList) and len(encoder):
+        return encoder[-1]
+    modules = dict(net.named_modules())
+    if name not in modules or not name:
+        top = [n for n, _ in net.named_children()]
+        raise TuneppError(f"Grad-CAM target '{name}' is not a module of the network (top level: {top}; "
+                          f"use '{BOTTLENECK}' or a dotted name such as 'encoder.1')")
+    return modules[name]
+
+
+__all__ = ["BOTTLENECK", "resolve_target", "seg_grad_cam", "segmentation_score"]

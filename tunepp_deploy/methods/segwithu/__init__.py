@@ -3,7 +3,8 @@ Image Segmentation"): a post-hoc head on a frozen TUNE++ backbone.
 
 Modules: ``taps`` (decoder features by hooks), ``head`` (probes, maps, temperature), ``losses``,
 ``model`` (backbone + head, checkpoint), ``train`` (``tunepp train-head``), ``export`` (one
-single-pass ONNX graph), ``predict`` (whole scans, NIfTI outputs).
+single-pass ONNX graph), ``runner`` (that graph on torch or ONNX Runtime). Whole scans are
+:mod:`tunepp_deploy.predictors.segwithu`.
 """
 
 from tunepp_deploy.methods.segwithu.head import SegWithUHead, SegWithUOutput, probe_codes

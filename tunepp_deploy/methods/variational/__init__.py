@@ -3,7 +3,9 @@ Biomedical Image Segmentation"): mean-field Gaussian convolutions, ELBO training
 explicit inputs for reproducible, exportable sampling.
 
 Modules: ``base`` (the noise/KL contract), ``unet`` / ``vnet`` / ``fcn`` (backbones), ``build``,
-``noise`` (seeded sampler), ``elbo`` (loss), ``train`` (fit/save/load), ``export`` (ONNX).
+``noise`` (seeded sampler), ``elbo`` (loss), ``train`` (fit/save/load), ``export`` (ONNX),
+``runners`` (the sampling graph on torch or ONNX Runtime). Whole scans are
+:mod:`tunepp_deploy.predictors.variational`.
 """
 
 from tunepp_deploy.methods.variational.base import BayesianSegNet

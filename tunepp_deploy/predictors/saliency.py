@@ -1,0 +1,220 @@
+r"""Saliency-variance fusion on whole 3D scans as a :class:`~.base.Predictor` (torch only).
+
+:mod:`tunepp_deploy.methods.saliency.fusion` works on one network input (a 2D slice or one 3D
+window). A scan bigger than the window is tiled, and a sample ``s`` must stay one network ``f_s``
+over the whole scan (the same dropout masks in every window, :mod:`tunepp_deploy.infer.masks`). So
+per window batch and per sample one forward *and* one backward (Seg-Grad-CAM needs the gradient of
+the window's segmentation score at the target layer, :mod:`~tunepp_deploy.methods.saliency.gradcam`),
+and then
+
+* each sample's softmax ``p_s [K, ...]`` and its Grad-CAM ``G_s [...]`` are stitched over the scan
+  with the same Gaussian blend as every other method's softmax;
+* ``predictive_variance = sum_k Var_s p_{s,k}`` over the stitched softmaxes (TUNE++'s epistemic map
+  for the same masks, without the logit noise);
+* ``saliency_variance = Var_s norm(G_s)`` where ``norm`` min-max normalises **each whole-volume
+  stitched CAM** (one min and one max per sample over the whole scan). The seed normalises per
+  image; the scan is the 3D analogue of the image. Normalising per window instead would give every
+  window its own scale and put seams into the map at window borders — the artefact stitching avoids;
+* ``fused = w norm(V_pred) + (1 - w) norm(V_sal)`` (:func:`~tunepp_deploy.methods.saliency.fusion.fuse`,
+  one min/max per scan) — the flag map.
+
+The samples run in chunks through :func:`~tunepp_deploy.infer.sampling.stream_chunks` (outputs
+``[probs, cam]`` per chunk): the softmaxes go into :class:`~tunepp_deploy.infer.moments.SampleStats`
+and each stitched CAM, normalised over its whole volume before the next arrives, into
+:class:`~tunepp_deploy.infer.moments.RunningMoments` (:class:`SaliencyStats`). Memory does not grow
+with S and any chunk size gives the same maps (tested against the stacked samples).
+
+Costs: S forward+backward passes per window (no trunk reuse, autograd on). Torch only: ONNX Runtime
+and TensorRT have no autograd. The network's stored temperature is not applied: the CAMs and the
+softmax are of the raw logits, as in the seed (and as ``tunepp compare``'s rows start from).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tunepp_deploy.config.schema import TuneppConfig
+from tunepp_deploy.errors import TuneppError
+from tunepp_deploy.infer.masks import sample_masks
+from tunepp_deploy.infer.moments import RunningMoments, SampleStats
+from tunepp_deploy.infer.runners.load import model_kind
+from tunepp_deploy.infer.sampling import stream_chunks
+from tunepp_deploy.infer.sliding_window import count_windows
+from tunepp_deploy.methods.saliency.fusion import DEFAULT_FUSION_WEIGHT, fuse, minmax
+from tunepp_deploy.methods.saliency.gradcam import BOTTLENECK, resolve_target, seg_grad_cam
+from tunepp_deploy.model import TUNEPP
+from tunepp_deploy.predictors.base import Prediction, Predictor, Progress
+from tunepp_deploy.predictors.settings import RunOptions, RunSettings, resolve
+from tunepp_deploy.predictors.variational import plan_streamed_chunk
+
+MAP_NAMES = ("fused", "saliency_variance", "predictive_variance")
+DEFINITIONS = ("see tunepp_deploy/predictors/saliency.py: predictive_variance = sum_k Var_s p_sk; "
+               "saliency_variance = Var_s of each sample's Seg-Grad-CAM min-max normalised over the whole volume; "
+               "fused = w norm(predictive_variance) + (1 - w) norm(saliency_variance)")
+#: Window-level buffers per sample and window of one call: outputs, their stack and stream_chunks' copy.
+_CALL_COPIES = 3
+#: float64 maps besides SampleStats': RunningMoments' two sums and the normalised CAM with its temporary.
+_CAM_MAPS = 4
+
+
+@dataclass
+class VolumeSaliency:
+    """Whole-scan maps: ``mean_probs [K, ...]``, the three uncertainty maps ``[...]``."""
+
+    mean_probs: Tensor
+    predictive_variance: Tensor
+    saliency_variance: Tensor
+    fused: Tensor
+    samples: int
+
+
+class SaliencyStats:
+    """Running statistics of the stitched samples: softmaxes in :class:`SampleStats`, whole-volume
+    min-max normalised CAMs in :class:`RunningMoments` (float64, so one sample has variance 0 exactly)."""
+
+    def __init__(self) -> None:
+        self.probs = SampleStats()
+        self.cams = RunningMoments()
+
+    def add(self, probs: Tensor, cams: Tensor) -> None:
+        """A chunk of samples: stitched softmaxes ``probs [n, K, ...]`` and CAMs ``cams [n, ...]``."""
+        if probs.shape[0] != cams.shape[0] or probs.shape[2:] != cams.shape[1:]:
+            raise ValueError(f"probs {tuple(probs.shape)} and cams {tuple(cams.shape)} disagree")
+        self.probs.add(probs)
+        for c in cams:
+            self.cams.add(minmax(c.double()[None])[0])
+
+    def maps(self, w: float = DEFAULT_FUSION_WEIGHT) -> VolumeSaliency:
+        """The module docstring's maps of the samples added so far."""
+        m = self.probs.maps()
+        pv, sv = m.epistemic, self.cams.variance()
+        return VolumeSaliency(m.mean_probs, pv, sv, fuse(pv[None], sv[None], w)[0], self.probs.count)
+
+
+class SaliencyPredictor(Predictor):
+    """A frozen TUNE++ network, its S seeded mask sets and the Grad-CAM target (module docstring).
+
+    ``chunk`` fixes the samples per sliding-window pass (tests, benchmarks); None plans it from
+    ``settings.memory_gb`` per volume. ``classes``: the class indices of the Seg-Grad-CAM score
+    (default every foreground class).
+    """
+
+    method = "saliency"
+    map_names = MAP_NAMES
+    flag_map = "fused"
+    definitions = DEFINITIONS
+
+    def __init__(self, net: TUNEPP, cfg: TuneppConfig, settings: RunSettings, device: torch.device,
+                 target: str = BOTTLENECK, weight: float = DEFAULT_FUSION_WEIGHT, chunk: int | None = None,
+                 classes: Sequence[int] | None = None) -> None:
+        super().__init__(cfg, cfg.window, "torch", device)
+        if not 0.0 <= weight <= 1.0:
+            raise TuneppError(f"fusion weight must be in [0, 1], got {weight}")
+        if settings.blend == "window":
+            raise TuneppError("--blend window applies to TUNE++ MC dropout; saliency fusion normalises each "
+                              "sample's whole stitched CAM, so it always uses the exact per-sample blend")
+        self.net = net.to(device).eval()
+        self.net.requires_grad_(False)  # frozen: autograd records nothing below the target layer
+        self.layer = resolve_target(self.net, target)
+        self.target, self.weight, self.settings, self.chunk = target, float(weight), settings, chunk
+        self.cam_classes = None if classes is None else list(classes)
+        self.masks = sample_masks(self.net.dropout_sites(), self.window, settings.samples, settings.seed)
+
+    def sample_chunk(self, shape: Sequence[int]) -> int:
+        """Samples per pass for a volume of ``shape``: ``chunk``, else the most the budget allows
+        (:func:`~tunepp_deploy.predictors.variational.plan_streamed_chunk`; autograd's own buffers
+        are per window batch and are not counted)."""
+        s = self.settings
+        if self.chunk is not None:
+            return max(1, min(int(self.chunk), s.samples))
+        c = len(self.classes) + 1  # the K softmax channels and the CAM
+        v = math.prod(max(int(a), int(w)) for a, w in zip(shape, self.window, strict=True))
+        call = _CALL_COPIES * 4 * c * math.prod(self.window) * s.max_batch
+        return plan_streamed_chunk(shape, self.window, c, s.samples, s.memory_gb, _CAM_MAPS * 8 * v, call)
+
+    def _logits(self, x: Tensor, s: int, starts: Sequence[tuple[int, ...]] | None) -> Tensor:
+        masks = self.masks.rows([s], x.shape[0], self.device, starts)
+        return self.net(x, masks, with_aux=False).logits
+
+    def _chunk(self, x: Tensor, ids: Sequence[int], starts: Sequence[tuple[int, ...]] | None) -> list[Tensor]:
+        x = x.to(self.device)
+        probs, cams = [], []
+        for s in ids:
+            cam, logits = seg_grad_cam(lambda t, s=s: self._logits(t, s, starts), self.layer, x, self.cam_classes)
+            probs.append(torch.softmax(logits.float(), 1).cpu())
+            cams.append(cam.float()[:, None].cpu())
+        return [torch.stack(probs), torch.stack(cams)]
+
+    def volume_saliency(self, image: np.ndarray, progress: Progress | None = None) -> tuple[VolumeSaliency, int]:
+        """The maps of a preprocessed ``image [D, H, W]`` on the model grid and the chunk size used."""
+        s = self.settings
+        vol = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+        windows = count_windows(image.shape, self.window, s.overlap)
+        chunk = self.sample_chunk(image.shape)
+        done = 0
+
+        def step(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(done, windows * s.samples)
+
+        stats = SaliencyStats()
+        for _ids, (p, c) in stream_chunks(vol, self._chunk, self.window, s.samples, chunk, s.overlap, s.max_batch,
+                                          step):
+            stats.add(p, c[:, 0])
+        return stats.maps(self.weight), chunk
+
+    def predict(self, image: np.ndarray, progress: Progress | None = None) -> Prediction:
+        s = self.settings
+        m, chunk = self.volume_saliency(image, progress)
+        maps = {"fused": m.fused, "saliency_variance": m.saliency_variance,
+                "predictive_variance": m.predictive_variance}
+        info: dict[str, Any] = {"samples": s.samples, "seed": s.seed, "overlap": s.overlap,
+                                "windows": count_windows(image.shape, self.window, s.overlap), "blend": "sample",
+                                "sample_chunk": chunk, "target": self.target, "fusion_weight": self.weight}
+        return Prediction(m.mean_probs, maps, info)
+
+    def finish_maps(self, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Variances >= 0 and the fused map in [0, 1] again after trilinear round-off."""
+        out = {k: np.maximum(v, 0.0).astype(np.float32) for k, v in maps.items()}
+        out["fused"] = np.minimum(out["fused"], 1.0)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "target": self.target, "fusion_weight": self.weight}
+
+    def describe_runner(self) -> str:
+        return f"torch on {self.device} (fp32, autograd), Seg-Grad-CAM on '{self.target}'"
+
+
+def open_saliency_predictor(path: Path, backend: str, device: torch.device, threads: int | None, opts: RunOptions,
+                            target: str = BOTTLENECK, weight: float = DEFAULT_FUSION_WEIGHT) -> SaliencyPredictor:
+    """A TUNE++ checkpoint as a saliency-fusion predictor; ``backend`` must be ``auto`` or ``torch``
+    (Seg-Grad-CAM needs autograd, which ONNX Runtime and TensorRT do not have)."""
+    from tunepp_deploy.export.onnx_export import load_checkpoint_network
+
+    p = Path(path)
+    if backend not in ("auto", "torch"):
+        raise TuneppError(f"saliency fusion needs autograd (Seg-Grad-CAM): it runs on --backend torch, not {backend}")
+    if not p.is_file():
+        raise TuneppError(f"{p}: model file not found")
+    if model_kind(p) != "checkpoint":
+        raise TuneppError(f"{p}: saliency fusion needs a TUNE++ checkpoint (.pt): an exported {model_kind(p)} "
+                          "has no autograd")
+    net, cfg = load_checkpoint_network(p)
+    if threads:
+        torch.set_num_threads(threads)
+    return SaliencyPredictor(net, cfg, resolve(cfg, opts), device, target, weight)
+
+
+__all__ = ["DEFINITIONS", "MAP_NAMES", "SaliencyPredictor", "SaliencyStats", "VolumeSaliency",
+           "open_saliency_predictor"]
