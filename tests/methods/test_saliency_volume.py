@@ -8,12 +8,15 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, TINY
 
+from tunepp_deploy.config.load import load_config
 from tunepp_deploy.errors import TuneppError
-from tunepp_deploy.infer.masks import sample_masks
+from tunepp_deploy.infer.masks import mask_alignment, sample_masks
 from tunepp_deploy.infer.sliding_window import sliding_window
 from tunepp_deploy.methods.saliency.experiment import tunepp_forward_sample
 from tunepp_deploy.methods.saliency.gradcam import resolve_target, seg_grad_cam
+from tunepp_deploy.model import build_network
 from tunepp_deploy.predictors.saliency import SaliencyPredictor, SaliencyStats, open_saliency_predictor
 from tunepp_deploy.predictors.settings import RunOptions, resolve
 from tunepp_deploy.train.checkpoint import save_checkpoint
@@ -117,6 +120,36 @@ def test_streamed_chunks_equal_the_stacked_samples(net, tiny_cfg, stacked, chunk
     assert np.allclose(pred.probs.numpy(), stacked["probs"], atol=1e-6)
     for k in ("predictive_variance", "saliency_variance", "fused"):
         assert np.allclose(pred.maps[k].numpy(), stacked[k], atol=1e-6), k
+
+
+def test_element_masks_follow_the_volume_position(tmp_path) -> None:
+    """Element-mode dropout: windows on the sites' stride grid and each window's masks from its start,
+    so sample s is one thinned network over the scan — the reference stitches it that way by hand."""
+    cfg = load_config(ROOT / "configs" / "phantom.yaml", {**TINY, "model.dropout.mode": "element"})
+    torch.manual_seed(1)
+    net = build_network(cfg).eval()
+    s_count, im = 2, _image()
+    masks = sample_masks(net.dropout_sites(), WIN, s_count, seed=5)
+    align = mask_alignment(net.dropout_sites())
+    assert masks.element and max(align) > 1  # starts really are constrained: the check is not vacuous
+    layer = resolve_target(net)
+    vol = torch.from_numpy(im)[None]
+    probs, cams = [], []
+    for s in range(s_count):
+        def predict(x: torch.Tensor, starts: list, s: int = s) -> list[torch.Tensor]:
+            fwd = lambda t: net(t, masks.rows([s], t.shape[0], starts=starts), with_aux=False).logits  # noqa: E731
+            cam, logits = seg_grad_cam(fwd, layer, x)
+            return [torch.softmax(logits, 1), cam[:, None]]
+
+        p, c = sliding_window(vol, predict, WIN, overlap=0.5, batch=2, align=align, with_starts=True)
+        probs.append(p.double())
+        cams.append(c[0].double().numpy())
+    normed = [(c - c.min()) / (c.max() - c.min()) for c in cams]
+    for chunk in (1, s_count):
+        pred = _predictor(net, cfg, s_count, seed=5, chunk=chunk).predict(im)
+        assert np.allclose(pred.probs.numpy(), torch.stack(probs).mean(0).numpy(), atol=1e-6)
+        assert np.allclose(pred.maps["saliency_variance"].numpy(), np.var(normed, axis=0), atol=1e-6)
+        assert float(pred.maps["predictive_variance"].max()) > 0.0
 
 
 def test_open_refuses_backends_without_autograd(tiny_cfg, tiny_backbone, tmp_path) -> None:

@@ -43,11 +43,11 @@ from torch import Tensor
 
 from tunepp_deploy.config.schema import TuneppConfig
 from tunepp_deploy.errors import TuneppError
-from tunepp_deploy.infer.masks import sample_masks
+from tunepp_deploy.infer.masks import mask_alignment, sample_masks
 from tunepp_deploy.infer.moments import RunningMoments, SampleStats
 from tunepp_deploy.infer.runners.load import model_kind
 from tunepp_deploy.infer.sampling import stream_chunks
-from tunepp_deploy.infer.sliding_window import count_windows
+from tunepp_deploy.infer.sliding_window import aligned_size, count_windows
 from tunepp_deploy.methods.saliency.fusion import DEFAULT_FUSION_WEIGHT, fuse, minmax
 from tunepp_deploy.methods.saliency.gradcam import BOTTLENECK, resolve_target, seg_grad_cam
 from tunepp_deploy.model import TUNEPP
@@ -127,6 +127,8 @@ class SaliencyPredictor(Predictor):
         self.target, self.weight, self.settings, self.chunk = target, float(weight), settings, chunk
         self.cam_classes = None if classes is None else list(classes)
         self.masks = sample_masks(self.net.dropout_sites(), self.window, settings.samples, settings.seed)
+        #: window starts on the element sites' stride grid, so element masks follow the volume position
+        self.align = mask_alignment(self.net.dropout_sites())
 
     def sample_chunk(self, shape: Sequence[int]) -> int:
         """Samples per pass for a volume of ``shape``: ``chunk``, else the most the budget allows
@@ -136,9 +138,10 @@ class SaliencyPredictor(Predictor):
         if self.chunk is not None:
             return max(1, min(int(self.chunk), s.samples))
         c = len(self.classes) + 1  # the K softmax channels and the CAM
-        v = math.prod(max(int(a), int(w)) for a, w in zip(shape, self.window, strict=True))
+        padded = [aligned_size(int(a), int(w), al) for a, w, al in zip(shape, self.window, self.align, strict=True)]
         call = _CALL_COPIES * 4 * c * math.prod(self.window) * s.max_batch
-        return plan_streamed_chunk(shape, self.window, c, s.samples, s.memory_gb, _CAM_MAPS * 8 * v, call)
+        return plan_streamed_chunk(padded, self.window, c, s.samples, s.memory_gb, _CAM_MAPS * 8 * math.prod(padded),
+                                   call)
 
     def _logits(self, x: Tensor, s: int, starts: Sequence[tuple[int, ...]] | None) -> Tensor:
         masks = self.masks.rows([s], x.shape[0], self.device, starts)
@@ -153,11 +156,12 @@ class SaliencyPredictor(Predictor):
             cams.append(cam.float()[:, None].cpu())
         return [torch.stack(probs), torch.stack(cams)]
 
-    def volume_saliency(self, image: np.ndarray, progress: Progress | None = None) -> tuple[VolumeSaliency, int]:
-        """The maps of a preprocessed ``image [D, H, W]`` on the model grid and the chunk size used."""
+    def volume_saliency(self, image: np.ndarray,
+                        progress: Progress | None = None) -> tuple[VolumeSaliency, int, int]:
+        """The maps of a preprocessed ``image [D, H, W]`` on the model grid, the chunk size and the windows."""
         s = self.settings
         vol = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-        windows = count_windows(image.shape, self.window, s.overlap)
+        windows = count_windows(image.shape, self.window, s.overlap, self.align)
         chunk = self.sample_chunk(image.shape)
         done = 0
 
@@ -169,17 +173,17 @@ class SaliencyPredictor(Predictor):
 
         stats = SaliencyStats()
         for _ids, (p, c) in stream_chunks(vol, self._chunk, self.window, s.samples, chunk, s.overlap, s.max_batch,
-                                          step):
+                                          step, align=self.align):
             stats.add(p, c[:, 0])
-        return stats.maps(self.weight), chunk
+        return stats.maps(self.weight), chunk, windows
 
     def predict(self, image: np.ndarray, progress: Progress | None = None) -> Prediction:
         s = self.settings
-        m, chunk = self.volume_saliency(image, progress)
+        m, chunk, windows = self.volume_saliency(image, progress)
         maps = {"fused": m.fused, "saliency_variance": m.saliency_variance,
                 "predictive_variance": m.predictive_variance}
         info: dict[str, Any] = {"samples": s.samples, "seed": s.seed, "overlap": s.overlap,
-                                "windows": count_windows(image.shape, self.window, s.overlap), "blend": "sample",
+                                "windows": windows, "blend": "sample",
                                 "sample_chunk": chunk, "target": self.target, "fusion_weight": self.weight}
         return Prediction(m.mean_probs, maps, info)
 
