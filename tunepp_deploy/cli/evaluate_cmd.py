@@ -22,11 +22,17 @@ def evaluate(
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Run this model on --data first.")] = None,
     data: Annotated[Path | None, typer.Option("--data", "-d", help="Dataset root for --model (imagesTr/, labelsTr/).")]
     = None,
+    method: Annotated[str, typer.Option(help="Method of --model: auto (read from the file), tunepp, segwithu, "
+                                             "variational, saliency.")] = "auto",
     samples: Annotated[int | None, typer.Option(min=1, help="MC samples with --model (default: the config's).")]
     = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed with --model (default: the config's).")] = None,
     backend: Annotated[str, typer.Option(help="Backend with --model: auto, torch, ort, trt.")] = "auto",
     device: Annotated[str, typer.Option(help="Device with --model: auto, cpu, cuda.")] = "auto",
     temperature: Annotated[bool, typer.Option(help="Apply the model's stored temperature (--model).")] = True,
+    resume: Annotated[bool, typer.Option("--resume", help="With --model: keep the cases whose NAME_report.json "
+                                                         "exists in the predictions folder (default: predict "
+                                                         "every case again).")] = False,
     dice_threshold: Annotated[float, typer.Option(help="A case fails below this mean Dice (<0: Dice never fails).")]
     = 0.8,
     betti_fails: Annotated[bool, typer.Option(help="A case with any Betti violation fails.")] = True,
@@ -48,8 +54,17 @@ def evaluate(
         pred = pred or out / "predictions"
         gt = gt or data
         console.print(f"running {model} on {data} -> {pred}")
-        predict_dataset(model, data, pred, samples=samples, backend=backend, device=device,
-                        use_temperature=temperature, on_case=lambda n: console.print(f"  predicted {n}"))
+
+        def told(name: str, status: str, message: str) -> None:
+            console.print(f"  {'predicted' if status == 'done' else status} {name}"
+                          + (f": {message}" if status != "done" else ""), highlight=False)
+
+        ran = predict_dataset(model, data, pred, samples=samples, seed=seed, backend=backend, device=device,
+                              use_temperature=temperature, on_case=told, method=method, overwrite=not resume)
+        if ran.failed and not allow_missing:
+            name, msg = ran.failed[0]
+            raise TuneppError(f"{len(ran.failed)} case(s) could not be predicted, first {name}: {msg} "
+                              "(--allow-missing evaluates the others)")
     if pred is None or gt is None:
         raise TuneppError("give --pred and --gt, or --model and --data")
     opts = EvalOptions(dice_threshold=None if dice_threshold < 0 else dice_threshold, betti_fails=betti_fails,

@@ -1,11 +1,15 @@
 """Pairing prediction files with ground-truth labels, and loading one pair with its checks.
 
-Predictions follow ``tunepp infer``'s names: ``NAME_seg.nii.gz`` (labels), ``NAME_total.nii.gz``,
-``NAME_epistemic.nii.gz``, ``NAME_aleatoric.nii.gz`` (uncertainty maps, in ``--unc`` or next to the
+Predictions follow ``tunepp infer``'s names (:func:`tunepp_deploy.infer.case.output_paths`):
+``NAME_seg.nii.gz`` (labels), the uncertainty maps ``NAME_<map>.nii.gz`` (in ``--unc`` or next to the
 segmentation), optionally ``NAME_probs.nii.gz`` (4D, K class probabilities, needed for calibration
-metrics) and ``NAME_report.json`` (its ``classes``). Truth is ``labelsTr/NAME.nii.gz`` under a
-dataset root (or a folder of ``NAME.nii.gz``); the scan for the report's slice panels is looked up
-in the dataset's ``imagesTr`` (``NAME_0000.nii.gz`` or ``NAME.nii.gz``).
+metrics) and ``NAME_report.json`` (its ``classes``, ``outputs`` and ``flag_map``). The maps read are
+``NAME_total``, ``NAME_epistemic``, ``NAME_aleatoric`` (TUNE++, variational) plus every map the case
+report lists in ``outputs`` (e.g. SegWithU's ``temperature``, ``calibration``, ``ranking``); the
+report's ``flag_map`` — the map the method flags and triages by — is the main map of the evaluation
+(ranking curve, TAUS, triage), ``total`` when there is no report. Truth is ``labelsTr/NAME.nii.gz``
+under a dataset root (or a folder of ``NAME.nii.gz``); the scan for the report's slice panels is
+looked up in the dataset's ``imagesTr`` (``NAME_0000.nii.gz`` or ``NAME.nii.gz``).
 
 Every problem is a one-line :class:`DataError` naming the case: a prediction without truth, truth
 without prediction (unless ``allow_missing``), grids that differ (shape, or affine beyond 1e-3 mm),
@@ -27,6 +31,8 @@ from tunepp_deploy.errors import DataError
 
 UNC_MAPS = ("total", "epistemic", "aleatoric")
 SEG_SUFFIX = "_seg"
+#: ``outputs`` keys of a case report that are not uncertainty maps.
+NOT_MAPS = ("seg", "probs", "report")
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class CaseFiles:
     image: Path | None = None
     probs: Path | None = None
     unc: dict[str, Path] = field(default_factory=dict)
+    flag_map: str | None = None
 
 
 @dataclass
@@ -52,6 +59,16 @@ class LoadedEval:
     image: np.ndarray | None
     probs: np.ndarray | None
     unc: dict[str, np.ndarray]
+    flag_map: str | None = None
+
+    @property
+    def main_map(self) -> str | None:
+        """The map the evaluation ranks and triages by: the report's flag map, else ``total``, else the first."""
+        if self.flag_map in self.unc:
+            return self.flag_map
+        if "total" in self.unc:
+            return "total"
+        return next(iter(self.unc), None)
 
 
 def _nifti(folder: Path, stem: str) -> Path | None:
@@ -100,9 +117,25 @@ def pair_cases(pred: Path, gt: Path, unc: Path | None = None, allow_missing: boo
         image = None
         if img_dir is not None:
             image = _nifti(img_dir, f"{name}_0000") or _nifti(img_dir, name)
-        maps = {m: p for m in UNC_MAPS if (p := _nifti(unc_dir, f"{name}_{m}")) is not None}
-        out.append(CaseFiles(name, preds[name], truths[name], image, _nifti(pred, f"{name}_probs"), maps))
+        listed, flag_map = report_maps(pred / f"{name}_report.json", name)
+        names = [*UNC_MAPS, *(m for m in listed if m not in UNC_MAPS)]
+        maps = {m: p for m in names if (p := _nifti(unc_dir, f"{name}_{m}")) is not None}
+        out.append(CaseFiles(name, preds[name], truths[name], image, _nifti(pred, f"{name}_probs"), maps, flag_map))
     return out
+
+
+def report_maps(report: Path, name: str) -> tuple[list[str], str | None]:
+    """The uncertainty maps a case report lists in ``outputs`` and its ``flag_map`` (none without a report)."""
+    if not report.is_file():
+        return [], None
+    try:
+        body = json.loads(report.read_text())
+    except ValueError:
+        raise DataError(f"case {name}: {report} is not valid JSON") from None
+    outputs = body.get("outputs") if isinstance(body, dict) else None
+    listed = [str(k) for k in outputs if k not in NOT_MAPS] if isinstance(outputs, dict) else []
+    flag = body.get("flag_map") if isinstance(body, dict) else None
+    return listed, str(flag) if isinstance(flag, str) else None
 
 
 def class_names(pred: Path, gt: Path, cases: list[CaseFiles]) -> list[str] | None:
@@ -176,7 +209,7 @@ def load_pair(c: CaseFiles, num_classes: int, with_image: bool = True) -> Loaded
             image = iv.array
     return LoadedEval(
         c.name, _labels(seg, c.name, "prediction", num_classes), _labels(truth, c.name, "truth", num_classes),
-        truth.spacing, image, probs, maps,
+        truth.spacing, image, probs, maps, c.flag_map,
     )
 
 
@@ -186,4 +219,4 @@ def max_truth_label(cases: list[CaseFiles]) -> int:
 
 
 __all__ = ["UNC_MAPS", "CaseFiles", "LoadedEval", "class_names", "load_pair", "max_truth_label", "pair_cases",
-           "truth_folder"]
+           "report_maps", "truth_folder"]

@@ -118,7 +118,7 @@ def evaluate_case(c: LoadedEval, classes: list[str], opts: EvalOptions) -> CaseR
             case[f"auroc_{m}"] = auroc(u[region], error[region]) if region.any() else float("nan")
             case[f"auprc_{m}"] = auprc(u[region], error[region]) if region.any() else float("nan")
             case[f"taus_{m}"] = taus(u, pred, true, k, topo_errors=topo)
-        main = "total" if "total" in maps else next(iter(maps))
+        main = c.main_map or next(iter(maps))  # the method's flag map, else msp (probabilities only)
         case["uncertainty_map"] = main
         u = maps[main]
         if region.any():
@@ -209,7 +209,7 @@ def aggregate(results: list[CaseResult], classes: list[str], opts: EvalOptions) 
         out["triage"] = {
             "budget": opts.budget, "found_at_budget": _f(curve.at(opts.budget)), "failures": curve.failures,
             "cases": len(scored), "reviewed": curve.reviewed.tolist(), "found": curve.found.tolist(),
-            "case_score": "mean total uncertainty over the predicted foreground",
+            "case_score": f"mean {main} uncertainty over the predicted foreground",
         }
     else:
         notes.append("no uncertainty maps (NAME_total.nii.gz ...) or probabilities: ranking, TAUS, risk-coverage "

@@ -140,7 +140,7 @@ def plot_case_panel(c: LoadedEval, r: CaseResult, num_classes: int, path: Path) 
     """Scan / truth / prediction / uncertainty on the worst axial slice, topological errors outlined."""
     z = r.worst_slice
     topo = topological_error_mask(c.pred, c.truth, num_classes)[:, :, z]
-    unc = c.unc.get("total")
+    unc = c.unc.get(c.main_map) if c.main_map else None
     if unc is None and c.probs is not None:
         unc = 1.0 - c.probs.max(0)
     panels = [("scan", None if c.image is None else c.image[:, :, z], "gray"),

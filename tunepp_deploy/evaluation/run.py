@@ -1,29 +1,28 @@
 """Run an evaluation end to end: from prediction folders, or from a model run on a dataset first.
 
 ``evaluate_folders`` loads one case at a time (only the worst cases are loaded again for their
-slice panels), so memory stays at one case. ``predict_dataset`` runs the MC inference engine's
-library API in-process (:func:`tunepp_deploy.infer.mc.mc_predict` on a runner from
-:func:`tunepp_deploy.infer.runners.open_runner`, with a stored temperature applied through
-:class:`tunepp_deploy.calibrate.temperature.TemperedRunner`) and writes the files ``tunepp infer``
-writes plus ``NAME_probs.nii.gz`` (mean MC probabilities, 4D), so calibration metrics are available.
+slice panels), so memory stays at one case. ``predict_dataset`` opens the model as the predictor of
+its method (:func:`tunepp_deploy.predictors.open.open_predictor`: TUNE++ MC dropout with its stored
+temperature, SegWithU, a variational network, saliency fusion) and runs every case of the dataset
+through the one case pipeline, :func:`tunepp_deploy.infer.case.run_case`, with ``write_probs``: the
+files ``tunepp infer`` writes (``NAME_seg``, the method's maps, ``NAME_report.json`` last) plus
+``NAME_probs.nii.gz`` (the predictive probabilities, 4D), so calibration metrics are available. The
+walk over the cases has the batch loop's rules (:mod:`tunepp_deploy.infer.batch`): a case whose
+report exists is complete and is kept when resuming, a failing case is reported and leaves nothing
+behind, and the others go on.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-import torch
 
-from tunepp_deploy.data.layout import find_cases
-from tunepp_deploy.data.nifti import load_volume, save_volume, write_atomic
-from tunepp_deploy.data.preprocess import preprocess_image, resample_tensor
-from tunepp_deploy.errors import DataError
+from tunepp_deploy.data.layout import case_name, find_cases
+from tunepp_deploy.errors import DataError, TuneppError
 from tunepp_deploy.evaluation.cases import class_names, load_pair, max_truth_label, pair_cases
 from tunepp_deploy.evaluation.compute import CaseResult, EvalOptions, aggregate, evaluate_case
 from tunepp_deploy.evaluation.report import (
@@ -36,6 +35,8 @@ from tunepp_deploy.evaluation.report import (
     write_markdown,
     write_tables,
 )
+from tunepp_deploy.infer.batch import CASE_FAILURES, BatchResult, CaseCallback, check_output_dir, report_path
+from tunepp_deploy.predictors.settings import RunOptions
 
 
 @dataclass(frozen=True)
@@ -90,52 +91,67 @@ def evaluate_folders(
     return EvalResult(out, summary, files)
 
 
-@torch.no_grad()
+def _predict_cases(
+    images: Sequence[Path], out: Path, infer_one: Callable[[Path], Path], overwrite: bool,
+    on_case: CaseCallback | None,
+) -> BatchResult:
+    """:func:`tunepp_deploy.infer.batch.run_batch`'s rules (resume, isolation) over a dataset's images."""
+    res = BatchResult()
+
+    def tell(name: str, status: str, message: str) -> None:
+        if on_case:
+            on_case(name, status, message)
+
+    for image in images:
+        name = case_name(image)
+        if report_path(out, name).exists() and not overwrite:
+            res.skipped.append(name)
+            tell(name, "skipped", "report exists")
+            continue
+        try:
+            res.reports[name] = infer_one(image)
+        except TuneppError as e:
+            res.failed.append((name, str(e)))
+        except CASE_FAILURES as e:  # a backend failure on one case: isolate it
+            lines = str(e).strip().splitlines()
+            res.failed.append((name, f"{type(e).__name__}: {lines[0][:200] if lines else ''}"))
+        else:
+            res.done.append(name)
+            tell(name, "done", str(res.reports[name]))
+            continue
+        tell(name, "failed", res.failed[-1][1])
+    return res
+
+
 def predict_dataset(
     model: Path, data: Path, out: Path, samples: int | None = None, seed: int | None = None,
     backend: str = "auto", device: str = "auto", use_temperature: bool = True, layout: str | None = None,
-    on_case: Callable[[str], None] | None = None,
-) -> list[str]:
-    """MC inference of every case under ``data`` into ``out``: seg, maps, report-free probabilities."""
-    from tunepp_deploy.infer.masks import sample_masks
-    from tunepp_deploy.infer.mc import MCSettings, mc_predict
-    from tunepp_deploy.infer.runners import open_runner
-    from tunepp_deploy.infer.uncertainty import UncertaintyMaps
+    on_case: CaseCallback | None = None, method: str = "auto", options: RunOptions | None = None,
+    overwrite: bool = True, threads: int | None = None,
+) -> BatchResult:
+    """Predict every case under ``data`` into ``out`` with ``model`` (module docstring).
 
-    out.mkdir(parents=True, exist_ok=True)
-    runner = open_runner(model, backend, device, temperature=use_temperature)
-    names = []
-    with runner:
-        meta = runner.meta
-        d = meta.config.infer
-        mc = MCSettings(samples=samples or d.samples, seed=d.seed if seed is None else seed, overlap=d.overlap,
-                        max_batch=d.max_batch, memory_gb=d.memory_gb)
-        masks = sample_masks(meta.sites, meta.window, mc.samples, mc.seed)
-        for case in find_cases(data, layout or meta.config.data.layout):
-            vol = load_volume(case.image)
-            x = torch.from_numpy(preprocess_image(vol.array, vol.spacing, meta.spacing, meta.intensity))[None]
-            res = mc_predict(x.to(runner.device), runner, masks, mc)
-            back = UncertaintyMaps.unstack(resample_tensor(res.maps.stacked()[None].float(), vol.shape)[0])
-            probs = back.mean_probs.clamp_min(0.0)
-            probs = (probs / probs.sum(0, keepdim=True).clamp_min(1e-12)).cpu().numpy()
-            epi = back.epistemic.clamp_min(0.0).cpu().numpy()
-            ale = back.aleatoric.clamp_min(0.0).cpu().numpy()
-            save_volume(probs.argmax(0).astype(np.uint8), vol, out / f"{case.name}_seg.nii.gz")
-            for name, arr in (("epistemic", epi), ("aleatoric", ale), ("total", epi + ale)):
-                save_volume(arr.astype(np.float32), vol, out / f"{case.name}_{name}.nii.gz")
-            img = nib.Nifti1Image(np.moveaxis(probs, 0, -1).astype(np.float32), vol.affine, vol.header.copy())
-            img.header.set_data_dtype(np.float32)
-            img.header.set_slope_inter(1.0, 0.0)
-            write_atomic(out / f"{case.name}_probs.nii.gz", lambda tmp, im=img: nib.save(im, str(tmp)),
-                         suffix=".nii.gz")
-            rep = json.dumps({"case": case.name, "classes": meta.classes, "samples": mc.samples, "seed": mc.seed,
-                              "temperature": getattr(runner, "temperature", None),
-                              "written_by": "tunepp evaluate --model"}, indent=2)
-            write_atomic(out / f"{case.name}_report.json", lambda tmp, txt=rep: tmp.write_text(txt))
-            names.append(case.name)
-            if on_case:
-                on_case(case.name)
-    return names
+    ``samples`` / ``seed`` override ``options`` (None: the model config's); ``layout`` defaults to the
+    model config's dataset layout. ``overwrite=False`` resumes: cases with a report are kept.
+    ``on_case(name, status, message)`` is told ``done``, ``skipped`` or ``failed`` per case.
+    """
+    from tunepp_deploy.infer.case import CaseOptions, run_case
+    from tunepp_deploy.predictors.open import open_predictor
+
+    opts = options or RunOptions()
+    if samples is not None:
+        opts = replace(opts, samples=int(samples))
+    if seed is not None:
+        opts = replace(opts, seed=int(seed))
+    check_output_dir(out)
+    case_opts = CaseOptions(overwrite=overwrite, write_probs=True)
+    with open_predictor(model, method, backend, device, opts, threads=threads, temperature=use_temperature) as pr:
+        cases = find_cases(data, layout or pr.cfg.data.layout)
+        for c in cases:  # predictions are paired with the truth by name: they must agree
+            if case_name(c.image) != c.name:
+                raise DataError(f"{c.image}: its output name {case_name(c.image)} differs from the case name {c.name}")
+        return _predict_cases([c.image for c in cases], out, lambda im: run_case(im, out, pr, case_opts),
+                              overwrite, on_case)
 
 
 __all__ = ["EvalResult", "evaluate_folders", "predict_dataset"]
