@@ -76,6 +76,7 @@ import torch.nn.functional as F
 from scipy.optimize import minimize
 from tunepp_deploy.export.metadata import PREFIX
 
+from tunepp_deploy import model_file
 from tunepp_deploy.data.dataset import load_case, split_cases
 from tunepp_deploy.data.layout import CasePaths, find_cases
 from tunepp_deploy.data.nifti import write_atomic
@@ -84,7 +85,6 @@ from tunepp_deploy.infer.logit_noise import DEFAULT_NOISE_DRAWS, draw_logit_nois
 from tunepp_deploy.infer.masks import SampleMasks, sample_masks
 from tunepp_deploy.infer.mc import plan_calls
 from tunepp_deploy.infer.runners.base import Runner
-from tunepp_deploy.infer.runners.load import model_kind
 from tunepp_deploy.infer.sliding_window import sliding_window
 from tunepp_deploy.metrics.calibration import ece, foreground_region, nll
 from tunepp_deploy.train.checkpoint import read_checkpoint
@@ -555,25 +555,15 @@ def fit_on_validation(
 
 
 def read_temperature(model: str | Path) -> list[float] | None:
-    """The temperature stored in a checkpoint or ONNX file (None when there is none)."""
-    p = Path(model)
-    kind = model_kind(p)
-    if kind == "onnx":
-        props = {q.key: q.value for q in onnx.load(str(p), load_external_data=False).metadata_props}
-        raw = props.get(ONNX_KEY, props.get(ONNX_PREFIXED_KEY))
-        return None if raw is None else [float(v) for v in json.loads(raw)]
-    if kind == "checkpoint":
-        t = read_checkpoint(p).get(CHECKPOINT_KEY)
-        if t is None:
-            return None
-        return [float(v) for v in (t.reshape(-1).tolist() if isinstance(t, torch.Tensor) else t)]
-    raise TuneppError(f"{p}: temperatures are stored in checkpoints and ONNX files, not engines")
+    """The stored temperature (None when there is none): :func:`tunepp_deploy.model_file.read_temperature`,
+    which refuses a corrupt, non-finite or non-positive value in one line."""
+    return model_file.read_temperature(model)
 
 
 def read_temperature_fit(model: str | Path) -> dict[str, Any] | None:
     """The stored record of the fit (:meth:`TemperatureFit.as_dict`; older files have fewer keys), or None."""
     p = Path(model)
-    kind = model_kind(p)
+    kind = model_file.model_kind(p)
     if kind == "onnx":
         props = {q.key: q.value for q in onnx.load(str(p), load_external_data=False).metadata_props}
         raw = props.get(ONNX_FIT_KEY)
@@ -588,7 +578,7 @@ def store_temperature(model: str | Path, fit: TemperatureFit, out: str | Path | 
     """Write ``fit.temperature`` and its record into a copy of ``model`` at ``out`` (default: in place), atomically."""
     src = Path(model)
     dst = Path(out) if out is not None else src
-    kind = model_kind(src)
+    kind = model_file.model_kind(src)
     if kind == "onnx":
         m = onnx.load(str(src))
         props = {q.key: q.value for q in m.metadata_props}

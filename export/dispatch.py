@@ -32,7 +32,7 @@ class Exported:
 
 def export_any_checkpoint(checkpoint: str | Path, out: str | Path, opset: int | None = None) -> Exported:
     """Export ``checkpoint`` with its method's exporter (module docstring); ``opset`` None = that exporter's default."""
-    from tunepp_deploy.methods.model_file import detect_method
+    from tunepp_deploy.model_file import detect_method
 
     ckpt, dst = Path(checkpoint), Path(out)
     if not dst.name.endswith(".onnx"):

@@ -61,7 +61,7 @@ class Skilled(Runner):
 
 @pytest.fixture(scope="module")
 def runner(tiny_ckpt: Path) -> Iterator[Runner]:
-    with open_runner(tiny_ckpt, "torch", "cpu", temperature=False) as inner:
+    with open_runner(tiny_ckpt, "torch", "cpu") as inner:
         yield Skilled(inner)
 
 
@@ -222,7 +222,7 @@ def test_one_sample_without_noise_is_plain_temperature_scaling(runner: Runner, c
 
 def test_tempered_runner_computes_the_fitted_predictive(tiny_ckpt: Path) -> None:
     """Inference (TemperedRunner per sample, then the sampled softmax) gives the predictive the fit optimises."""
-    with open_runner(tiny_ckpt, "torch", "cpu", temperature=False) as inner:
+    with open_runner(tiny_ckpt, "torch", "cpu") as inner:
         meta = inner.meta
         k, s = meta.num_classes, 3
         masks = sample_masks(meta.sites, meta.window, s, 0)

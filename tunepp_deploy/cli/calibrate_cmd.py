@@ -53,7 +53,7 @@ def temperature(
 
     console = Console(stderr=True)
     draws = DEFAULT_NOISE_DRAWS if noise_draws is None else noise_draws
-    with open_runner(model, backend, device, amp=False, temperature=False) as runner:
+    with open_runner(model, backend, device, amp=False) as runner:
         cfg = runner.meta.config
         vf = cfg.data.val_fraction if val_fraction is None else val_fraction
         s = cfg.infer.samples if samples is None else samples

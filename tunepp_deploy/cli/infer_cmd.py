@@ -72,7 +72,7 @@ def infer(
     from tunepp_deploy.errors import TuneppError
     from tunepp_deploy.infer.batch import check_output_dir
     from tunepp_deploy.infer.case import CaseOptions, run_paths
-    from tunepp_deploy.methods.model_file import resolve_method
+    from tunepp_deploy.model_file import resolve_method
     from tunepp_deploy.predictors.open import open_predictor
     from tunepp_deploy.predictors.settings import RunOptions
 

@@ -100,7 +100,7 @@ def run_variant(
     ckpt = run / "best.pt"
     t_train = time.perf_counter() - t0
 
-    with open_runner(ckpt, "torch", "cpu", temperature=False) as runner:
+    with open_runner(ckpt, "torch", "cpu") as runner:
         cases, split = validation_cases(ckpt, data["train"], cfg.data.layout, cfg.data.val_fraction, cfg.train.seed)
         # the MC predictive the test inference below computes: same S and seed
         val = gather_val_samples(runner, cases, s.samples, mc_seed=s.seed, overlap=cfg.infer.overlap, seed=s.seed)

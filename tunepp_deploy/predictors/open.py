@@ -1,6 +1,6 @@
 """``open_predictor``: any method's model file on a backend, as one :class:`Predictor`.
 
-``method="auto"`` reads the method from the file (:func:`tunepp_deploy.methods.model_file.resolve_method`:
+``method="auto"`` reads the method from the file (:func:`tunepp_deploy.model_file.resolve_method`:
 a checkpoint's ``method`` key, an ONNX file's ``tunepp_method`` prop; TUNE++ files have none);
 ``saliency`` runs saliency-variance fusion on a TUNE++ checkpoint. Every command that predicts —
 ``tunepp infer``, ``tunepp evaluate --model``, ``compare``, ``bench``, ``demo`` — opens its model here.
@@ -31,7 +31,7 @@ def open_predictor(
 ) -> Predictor:
     """Open ``model`` as the predictor of its method (module docstring); the caller closes it."""
     from tunepp_deploy.infer.runners.load import resolve_device
-    from tunepp_deploy.methods.model_file import resolve_method
+    from tunepp_deploy.model_file import read_temperature, resolve_method
 
     path = Path(model)
     opts = options or RunOptions()
@@ -53,12 +53,10 @@ def open_predictor(
     from tunepp_deploy.infer.runners import open_runner
     from tunepp_deploy.predictors.tunepp import TuneppPredictor
 
-    runner = open_runner(path, backend, device, amp=amp, cuda_graphs=cuda_graphs, threads=threads, temperature=False)
+    runner = open_runner(path, backend, device, amp=amp, cuda_graphs=cuda_graphs, threads=threads)
     try:
         t = None
         if temperature and runner.name != "trt":
-            from tunepp_deploy.calibrate.temperature import read_temperature
-
             t = read_temperature(path)
         return TuneppPredictor(runner, resolve(runner.meta.config, opts), t)
     except BaseException:

@@ -17,20 +17,9 @@ import torch
 from tunepp_deploy.errors import ModelMismatchError, TuneppError
 from tunepp_deploy.export.metadata import ModelMeta, meta_for
 from tunepp_deploy.infer.runners.base import Runner
+from tunepp_deploy.model_file import model_kind
 
 BACKENDS = ("auto", "torch", "ort", "trt")
-ONNX_SUFFIXES = (".onnx",)
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-
-
-def model_kind(path: Path) -> str:
-    """``checkpoint``, ``onnx`` or ``engine`` from the file name."""
-    name = path.name.lower()
-    if name.endswith(ONNX_SUFFIXES):
-        return "onnx"
-    if name.endswith(ENGINE_SUFFIXES):
-        return "engine"
-    return "checkpoint"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -83,22 +72,13 @@ def open_runner(
     amp: bool = True,
     cuda_graphs: bool = False,
     threads: int | None = None,
-    temperature: bool = True,
 ) -> Runner:
     """Load ``model`` on ``backend`` (module docstring). The caller closes the runner.
 
-    A temperature stored by ``tunepp calibrate temperature`` (checkpoint key or ONNX metadata) is
-    applied here, once for every caller, unless ``temperature=False`` — which fitting a new
-    temperature needs, so it never fits on already-tempered logits.
+    A runner executes the graph as exported: a temperature stored by ``tunepp calibrate temperature``
+    is applied by the TUNE++ predictor (:mod:`tunepp_deploy.predictors.tunepp`), not here.
     """
-    runner = _open_backend(Path(model), backend, device, amp, cuda_graphs, threads)
-    if temperature and model_kind(Path(model)) != "engine":
-        from tunepp_deploy.calibrate.temperature import TemperedRunner, read_temperature
-
-        t = read_temperature(model)
-        if t is not None:
-            return TemperedRunner(runner, t)
-    return runner
+    return _open_backend(Path(model), backend, device, amp, cuda_graphs, threads)
 
 
 def _open_backend(
