@@ -3,9 +3,9 @@
 One predictor per backend a method runs on (torch always; ONNX Runtime where its graph exports),
 all on the same preprocessed test volumes, the config's window/overlap, and seeded samples:
 
-* ``tunepp_mc`` — the real MC engine (:func:`tunepp_deploy.infer.mc.mc_predict`: trunk once per
-  window, head for all S masks, exact per-sample blend) on ``open_runner(ckpt, "torch")`` and on
-  ``open_runner(exported .onnx, "ort")``; uncertainty = epistemic variance. Metrics come from the
+* ``tunepp_mc`` — the TUNE++ predictor (:mod:`tunepp_deploy.predictors.tunepp`: streamed exact MC,
+  trunk once per window batch, sampled logit noise) on the checkpoint (torch) and on its ONNX export
+  (ONNX Runtime); uncertainty = epistemic variance (total in the JSON). Metrics come from the
   torch run. Stored temperatures are *not* applied (``temperature=False``) so that every TUNE++-based
   row (MC, saliency, SegWithU's raw logits) starts from the same probabilities.
 * ``saliency_fusion`` / ``saliency_sal_only`` — the same backbone and the same S masks, a
@@ -14,7 +14,7 @@ all on the same preprocessed test volumes, the config's window/overlap, and seed
 * ``segwithu`` — backbone + head, one pass; probabilities = tempered softmax, uncertainty = ranking map.
 * ``vi_<arch>`` — S weight-noise samples (seeded), per-sample stitched softmax; epistemic variance.
 
-The last three rows are the predictors of :mod:`tunepp_deploy.predictors` (the ones ``tunepp infer``
+Every row is a predictor of :mod:`tunepp_deploy.predictors` (the ones ``tunepp infer``
 runs), opened from the model files with the comparison's overlap, batch, seed and S, and closed with
 the comparison's ``ExitStack``.
 """
@@ -33,14 +33,12 @@ import torch
 from tunepp_deploy.compare.models import Models
 from tunepp_deploy.config.schema import TuneppConfig
 from tunepp_deploy.export.onnx_export import export_checkpoint
-from tunepp_deploy.infer.masks import sample_masks
-from tunepp_deploy.infer.mc import MCSettings, mc_predict
-from tunepp_deploy.infer.runners import Runner, open_runner
 from tunepp_deploy.methods.saliency.fusion import DEFAULT_FUSION_WEIGHT
 from tunepp_deploy.methods.saliency.gradcam import BOTTLENECK
 from tunepp_deploy.methods.segwithu.export import export_segwithu
 from tunepp_deploy.methods.variational.export import export_variational_checkpoint
 from tunepp_deploy.predictors.base import Predictor
+from tunepp_deploy.predictors.open import open_predictor
 from tunepp_deploy.predictors.saliency import open_saliency_predictor
 from tunepp_deploy.predictors.segwithu import open_segwithu_predictor
 from tunepp_deploy.predictors.settings import RunOptions
@@ -64,34 +62,22 @@ class Method:
     extra: dict[str, float | str] = field(default_factory=dict)
 
 
-def _mc_settings(cfg: TuneppConfig, samples: int) -> MCSettings:
-    return MCSettings(samples=samples, seed=cfg.infer.seed, overlap=cfg.infer.overlap, max_batch=cfg.infer.max_batch,
-                      blend="sample")
-
-
-def _engine(runner: Runner, cfg: TuneppConfig, samples: int) -> Predict:
-    masks = sample_masks(runner.meta.sites, runner.meta.window, samples, cfg.infer.seed)
-    settings = _mc_settings(cfg, samples)
-
-    def predict(image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-        maps = mc_predict(x, runner, masks, settings).maps
-        return maps.mean_probs.cpu().numpy(), {"epistemic": maps.epistemic.cpu().numpy()}
-
-    return predict
-
-
 def tunepp_method(models: Models, cfg: TuneppConfig, samples: int, out: Path, threads: int,
                   stack: ExitStack) -> Method:
-    """``tunepp_mc`` on the MC engine, torch and ONNX Runtime (the checkpoint is exported to ``out``)."""
+    """``tunepp_mc``: the TUNE++ predictor (streamed exact MC, sampled logit noise) on torch and on ONNX
+    Runtime (the checkpoint is exported to ``out``); stored temperatures are not applied (module docstring)."""
     t0 = time.perf_counter()
     onnx_path = export_checkpoint(models.backbone_path, out / "tunepp.onnx").path
     export_s = time.perf_counter() - t0
-    torch_runner = stack.enter_context(open_runner(models.backbone_path, "torch", "cpu", temperature=False))
-    ort_runner = stack.enter_context(open_runner(onnx_path, "ort", "cpu", threads=threads, temperature=False))
+    opts = _options(cfg, samples)
+    on_torch = stack.enter_context(open_predictor(models.backbone_path, "tunepp", "torch", "cpu", opts,
+                                                  temperature=False))
+    on_ort = stack.enter_context(open_predictor(onnx_path, "tunepp", "ort", "cpu", opts, threads=threads,
+                                                temperature=False))
+    keys = ("epistemic", "total")
     return Method("tunepp_mc", samples, {"tunepp_mc": "epistemic variance sum_k Var_s p over S dropout-mask samples "
                                                       "(MC engine, trunk once per window)"},
-                  _engine(torch_runner, cfg, samples), _engine(ort_runner, cfg, samples), {"epistemic": "tunepp_mc"},
+                  _as_predict(on_torch, keys), _as_predict(on_ort, keys), {"epistemic": "tunepp_mc"},
                   models.train_seconds.get("tunepp"), {"onnx_export_s": export_s})
 
 
