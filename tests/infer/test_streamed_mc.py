@@ -15,7 +15,7 @@ from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.infer.logit_noise import draw_logit_noise, sampled_softmax
 from tunepp_deploy.infer.masks import sample_masks
 from tunepp_deploy.infer.mc import MCSettings, mc_predict
-from tunepp_deploy.infer.moments import SampleStats
+from tunepp_deploy.infer.moments import SLAB_BYTES, SampleStats
 from tunepp_deploy.infer.runners.base import Runner
 from tunepp_deploy.infer.runners.torch_runner import TorchRunner
 from tunepp_deploy.infer.sampling import plan_chunk
@@ -73,9 +73,12 @@ def test_streamed_equals_per_sample_blend_for_any_chunk(fake: _NoisyFake, chunk:
 
 def test_budget_picks_chunks_and_refuses_what_cannot_fit(fake: _NoisyFake) -> None:
     v = 240 * 240 * 160
-    per_sample, fixed = 2 * 4 * 9 * v, (9 + 2) * 8 * v + 12 * v  # float32 chunk (+ its normalised copy); stats
+    # float32 chunk (+ its normalised copy) per sample; float64 stats + input/norm/importance + slab temporaries
+    per_sample, fixed = 2 * 4 * 9 * v, (9 + 2) * 8 * v + 12 * v + 4 * SLAB_BYTES
     assert plan_chunk((240, 240, 160), (96, 96, 96), 9, 25, (fixed + 3 * per_sample + 100) / 2**30) == 3
     assert plan_chunk((240, 240, 160), (96, 96, 96), 9, 25, 100.0) == 25
+    assert plan_chunk((240, 240, 160), (96, 96, 96), 9, 25, (fixed + 3 * per_sample + 100) / 2**30,
+                      per_sample_bytes=per_sample) == 1  # each sample's call buffers count too
     with pytest.raises(TuneppError, match="exact blend"):
         plan_chunk((240, 240, 160), (96, 96, 96), 9, 25, (fixed + per_sample - 1) / 2**30)
     vol = torch.rand(1, 30, 26, 20, generator=torch.Generator().manual_seed(3))

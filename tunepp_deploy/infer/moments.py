@@ -20,6 +20,9 @@ import torch
 
 from tunepp_deploy.infer.uncertainty import UncertaintyMaps, entropy
 
+#: Size of the float64 temporaries one slab of :meth:`SampleStats.add` makes (bounded whatever the volume).
+SLAB_BYTES = 64 * 2**20
+
 
 class SampleStats:
     """Running sums over samples of ``p``, ``sum_k p^2`` and ``H[p]`` (module docstring)."""
@@ -46,11 +49,16 @@ class SampleStats:
         if self._sum is None:
             self._init(chunk[0])
         assert self._sum is not None and self._sq is not None and self._ent is not None
-        for p in chunk:  # one sample at a time: one float64 temporary of one sample's size
-            p64 = p.double()
-            self._sum += p64
-            self._sq += (p64 * p64).sum(0)
-            self._ent += entropy(p64, 0)
+        k = chunk.shape[1]
+        sum_v, sq_v, ent_v = self._sum.view(k, -1), self._sq.view(-1), self._ent.view(-1)
+        step = max(1, SLAB_BYTES // (8 * k))  # voxels per slab: float64 temporaries stay ~SLAB_BYTES each
+        for p in chunk:  # one sample at a time, in slabs of voxels
+            pv = p.reshape(k, -1)
+            for a in range(0, pv.shape[1], step):
+                p64 = pv[:, a : a + step].double()
+                sum_v[:, a : a + step] += p64
+                sq_v[a : a + step] += (p64 * p64).sum(0)
+                ent_v[a : a + step] += entropy(p64, 0)
             self.count += 1
 
     def add_moments(self, mean: torch.Tensor, mean_sq: torch.Tensor, mean_entropy: torch.Tensor, count: int) -> None:

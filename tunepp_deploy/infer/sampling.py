@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from tunepp_deploy.errors import TuneppError
+from tunepp_deploy.infer.moments import SLAB_BYTES
 from tunepp_deploy.infer.sliding_window import sliding_window
 
 #: ``predict(windows [B, C, *window], sample_ids, starts) -> outputs``, each ``[m, B, c, *window]``
@@ -43,26 +44,32 @@ def sample_chunks(samples: int, chunk: int) -> list[list[int]]:
     return [list(range(i, min(i + chunk, samples))) for i in range(0, samples, chunk)]
 
 
+#: What to suggest when even one sample does not fit (methods without a window blend pass their own).
+RAISE_BUDGET = "raise --memory-gb or choose --blend window (an approximation)"
+
+
 def plan_chunk(
     shape: Sequence[int], window: Sequence[int], channels: int, samples: int, memory_gb: float,
-    reserved_bytes: int = 0,
+    reserved_bytes: int = 0, per_sample_bytes: int = 0, hint: str = RAISE_BUDGET,
 ) -> int:
     """Samples per chunk so that the stitched chunk plus the statistics fit ``memory_gb``.
 
     ``channels``: per-sample stitched channels (K, plus any extra per-sample maps); ``reserved_bytes``:
-    what the caller needs besides (runner calls, cached trunk). Per sample the accumulator and its
-    normalised copy are float32 (``2 x 4 x channels x V``); the statistics ``(K + 2) x 8 x V``.
+    what the caller needs besides (runner calls, cached trunk); ``per_sample_bytes``: what each sample
+    of a chunk costs besides its stitched maps (e.g. its window-level outputs per call). Per sample the
+    accumulator and its normalised copy are float32 (``2 x 4 x channels x V``); the statistics
+    ``(K + 2) x 8 x V`` plus the accumulator's slab temporaries.
     """
     v = math.prod(max(int(s), int(w)) for s, w in zip(shape, window, strict=True))
-    stats = (channels + STATS_EXTRA_MAPS) * 8 * v
-    per_sample = 2 * 4 * channels * v
-    budget = int(memory_gb * 2**30) - stats - reserved_bytes - 3 * 4 * v  # input, norm, importance
+    fixed = (channels + STATS_EXTRA_MAPS) * 8 * v + 3 * 4 * v + 4 * SLAB_BYTES  # + input, norm, importance
+    per_sample = 2 * 4 * channels * v + int(per_sample_bytes)
+    budget = int(memory_gb * 2**30) - fixed - int(reserved_bytes)
     n = budget // per_sample
     if n < 1:
-        need = (stats + per_sample + reserved_bytes + 3 * 4 * v) / 2**30
+        need = (fixed + per_sample + reserved_bytes) / 2**30
         raise TuneppError(
             f"the exact blend of a {tuple(int(s) for s in shape)} volume needs {need:.2f} GB, more than the "
-            f"{memory_gb:g} GB budget: raise --memory-gb or choose --blend window (an approximation)"
+            f"{memory_gb:g} GB budget: {hint}"
         )
     return int(min(samples, n))
 
@@ -107,4 +114,5 @@ def stream_chunks(
         yield ids, [s.view(m, s.shape[0] // m, *s.shape[1:]) for s, m in zip(stitched, leading, strict=True)]
 
 
-__all__ = ["STATS_EXTRA_MAPS", "ChunkPredictor", "plan_chunk", "sample_chunks", "stream_chunks"]
+__all__ = ["RAISE_BUDGET", "STATS_EXTRA_MAPS", "ChunkPredictor", "plan_chunk", "sample_chunks",
+           "stream_chunks"]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 _EPS = 1e-12
@@ -93,4 +94,12 @@ def maps_from_samples(probs: torch.Tensor) -> UncertaintyMaps:
                            (pe - ee).clamp_min(0.0))
 
 
-__all__ = ["UncertaintyMaps", "entropy", "epistemic_variance", "gini_impurity", "maps_from_samples"]
+def clamp_and_sum(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """After trilinear resampling: every map >= 0 and ``total = aleatoric + epistemic`` exactly again."""
+    out = {k: np.maximum(v, 0.0).astype(np.float32) for k, v in maps.items()}
+    if "aleatoric" in out and "epistemic" in out:
+        out["total"] = out["aleatoric"] + out["epistemic"]
+    return out
+
+
+__all__ = ["UncertaintyMaps", "clamp_and_sum", "entropy", "epistemic_variance", "gini_impurity", "maps_from_samples"]

@@ -45,15 +45,14 @@ from tunepp_deploy.config.schema import TuneppConfig
 from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.infer.masks import mask_alignment, sample_masks
 from tunepp_deploy.infer.moments import RunningMoments, SampleStats
-from tunepp_deploy.infer.runners.load import model_kind
-from tunepp_deploy.infer.sampling import stream_chunks
+from tunepp_deploy.infer.sampling import plan_chunk, stream_chunks
 from tunepp_deploy.infer.sliding_window import aligned_size, count_windows
 from tunepp_deploy.methods.saliency.fusion import DEFAULT_FUSION_WEIGHT, fuse, minmax
 from tunepp_deploy.methods.saliency.gradcam import BOTTLENECK, resolve_target, seg_grad_cam
 from tunepp_deploy.model import TUNEPP
+from tunepp_deploy.model_file import model_kind
 from tunepp_deploy.predictors.base import Prediction, Predictor, Progress
 from tunepp_deploy.predictors.settings import RunOptions, RunSettings, resolve
-from tunepp_deploy.predictors.variational import plan_streamed_chunk
 
 MAP_NAMES = ("fused", "saliency_variance", "predictive_variance")
 DEFINITIONS = ("see tunepp_deploy/predictors/saliency.py: predictive_variance = sum_k Var_s p_sk; "
@@ -132,7 +131,7 @@ class SaliencyPredictor(Predictor):
 
     def sample_chunk(self, shape: Sequence[int]) -> int:
         """Samples per pass for a volume of ``shape``: ``chunk``, else the most the budget allows
-        (:func:`~tunepp_deploy.predictors.variational.plan_streamed_chunk`; autograd's own buffers
+        (:func:`~tunepp_deploy.infer.sampling.plan_chunk`; autograd's own buffers
         are per window batch and are not counted)."""
         s = self.settings
         if self.chunk is not None:
@@ -140,8 +139,8 @@ class SaliencyPredictor(Predictor):
         c = len(self.classes) + 1  # the K softmax channels and the CAM
         padded = [aligned_size(int(a), int(w), al) for a, w, al in zip(shape, self.window, self.align, strict=True)]
         call = _CALL_COPIES * 4 * c * math.prod(self.window) * s.max_batch
-        return plan_streamed_chunk(padded, self.window, c, s.samples, s.memory_gb, _CAM_MAPS * 8 * math.prod(padded),
-                                   call)
+        return plan_chunk(padded, self.window, c, s.samples, s.memory_gb, _CAM_MAPS * 8 * math.prod(padded),
+                          per_sample_bytes=call, hint="raise --memory-gb")
 
     def _logits(self, x: Tensor, s: int, starts: Sequence[tuple[int, ...]] | None) -> Tensor:
         masks = self.masks.rows([s], x.shape[0], self.device, starts)

@@ -19,20 +19,13 @@ from tunepp_deploy.infer.masks import mask_alignment, sample_masks
 from tunepp_deploy.infer.mc import MCSettings, mc_predict
 from tunepp_deploy.infer.runners.base import Runner
 from tunepp_deploy.infer.sliding_window import count_windows
+from tunepp_deploy.infer.uncertainty import clamp_and_sum
 from tunepp_deploy.predictors.base import Prediction, Predictor, Progress
 from tunepp_deploy.predictors.settings import RunSettings
 
 DEFINITIONS = ("see tunepp_deploy/infer/uncertainty.py: p_s = mean_t softmax(z_s + sigma_s eps_t); "
                "aleatoric = mean_s(1 - sum_k p_sk^2), epistemic = sum_k Var_s p_sk, "
                "total = aleatoric + epistemic = 1 - sum_k pbar_k^2")
-
-
-def clamp_and_sum(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """After trilinear resampling: every map >= 0 and ``total = aleatoric + epistemic`` exactly."""
-    out = {k: np.maximum(v, 0.0).astype(np.float32) for k, v in maps.items()}
-    if "aleatoric" in out and "epistemic" in out:
-        out["total"] = out["aleatoric"] + out["epistemic"]
-    return out
 
 
 class TuneppPredictor(Predictor):
@@ -110,4 +103,4 @@ class TuneppPredictor(Predictor):
         self.runner.close()
 
 
-__all__ = ["DEFINITIONS", "TuneppPredictor", "clamp_and_sum"]
+__all__ = ["DEFINITIONS", "TuneppPredictor"]

@@ -31,6 +31,7 @@ from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.infer.moments import SampleStats
 from tunepp_deploy.infer.sampling import plan_chunk, stream_chunks
 from tunepp_deploy.infer.sliding_window import count_windows
+from tunepp_deploy.infer.uncertainty import clamp_and_sum
 from tunepp_deploy.methods.variational.noise import sample_weight_noise
 from tunepp_deploy.methods.variational.runners import INPUT, OUTPUT, VariationalGraph, open_variational_runner
 from tunepp_deploy.predictors.base import Prediction, Predictor, Progress
@@ -42,38 +43,6 @@ DEFINITIONS = ("see tunepp_deploy/infer/uncertainty.py (p_s = softmax of weight 
                "total = aleatoric + epistemic = 1 - sum_k pbar_k^2")
 #: Window-level buffers per sample and window of one call: the softmax, its stack and stream_chunks' copy.
 _CALL_COPIES = 3
-
-
-def sum_maps(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every map >= 0 and ``total = aleatoric + epistemic`` exactly (after trilinear resampling)."""
-    out = {k: np.maximum(v, 0.0).astype(np.float32) for k, v in maps.items()}
-    out["total"] = out["aleatoric"] + out["epistemic"]
-    return out
-
-
-def plan_streamed_chunk(shape: Sequence[int], window: Sequence[int], channels: int, samples: int, memory_gb: float,
-                        fixed_bytes: int, call_bytes: int) -> int:
-    """:func:`~tunepp_deploy.infer.sampling.plan_chunk` when each sample of a chunk also costs
-    ``call_bytes`` of window-level buffers (its outputs per runner call), besides ``fixed_bytes``.
-
-    ``n`` fits when plan_chunk, with ``n`` samples' call buffers reserved, still allows ``n``; that is
-    monotone in ``n``, so the largest fitting ``n`` is found by bisection. One sample that does not
-    fit is plan_chunk's one-line error.
-    """
-
-    def fits(n: int) -> bool:
-        try:
-            return plan_chunk(shape, window, channels, samples, memory_gb, fixed_bytes + n * call_bytes) >= n
-        except TuneppError:
-            return False
-
-    lo, hi = 1, plan_chunk(shape, window, channels, samples, memory_gb, fixed_bytes)
-    if not fits(1):
-        plan_chunk(shape, window, channels, samples, memory_gb, fixed_bytes + call_bytes)  # raises
-    while lo < hi:  # invariant: fits(lo)
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    return lo
 
 
 class VariationalPredictor(Predictor):
@@ -107,7 +76,8 @@ class VariationalPredictor(Predictor):
             return max(1, min(int(self.chunk), s.samples))
         k = self.num_classes
         call = _CALL_COPIES * 4 * k * math.prod(self.window) * s.max_batch
-        return plan_streamed_chunk(shape, self.window, k, s.samples, s.memory_gb, 0, call)
+        return plan_chunk(shape, self.window, k, s.samples, s.memory_gb, per_sample_bytes=call,
+                          hint="raise --memory-gb")
 
     def _chunk(self, x: torch.Tensor, ids: Sequence[int], _starts: object) -> list[torch.Tensor]:
         outs = []
@@ -141,7 +111,7 @@ class VariationalPredictor(Predictor):
         return Prediction(m.mean_probs, maps, info)
 
     def finish_maps(self, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return sum_maps(maps)
+        return clamp_and_sum(maps)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "arch": self.graph.settings.get("arch")}
@@ -170,6 +140,4 @@ __all__ = [
     "MAP_NAMES",
     "VariationalPredictor",
     "open_variational_predictor",
-    "plan_streamed_chunk",
-    "sum_maps",
 ]

@@ -23,12 +23,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-import onnx
 import torch
 from torch import nn
 
 from tunepp_deploy.errors import ModelMismatchError, TuneppError
-from tunepp_deploy.infer.runners.load import model_kind
+from tunepp_deploy.model_file import read_onnx_props, single_backend
 
 
 class GraphRunner(ABC):
@@ -141,29 +140,8 @@ class OrtGraphRunner(GraphRunner):
 
 
 def onnx_props(path: str | Path) -> dict[str, str]:
-    """An ONNX file's metadata props without loading its weights; an unreadable file is one line."""
-    try:
-        return {q.key: q.value for q in onnx.load(str(path), load_external_data=False).metadata_props}
-    except Exception as e:  # protobuf DecodeError and friends
-        raise ModelMismatchError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
-
-
-def single_backend(path: str | Path, backend: str, method: str) -> str:
-    """``torch`` or ``ort`` for a graph-runner model: ``.pt`` runs on torch, ``.onnx`` on ONNX Runtime.
-
-    SegWithU and the variational networks have no in-memory export on load and no TensorRT engines,
-    so the file decides; a contradicting ``--backend`` is a one-line error rather than a silent
-    switch, and so is a missing file.
-    """
-    if not Path(path).is_file():
-        raise TuneppError(f"{path}: model file not found")
-    kind = model_kind(Path(path))
-    natural = {"checkpoint": "torch", "onnx": "ort"}.get(kind)
-    if natural is None:
-        raise TuneppError(f"{path}: {method} models run from a checkpoint (.pt) or an ONNX file, not an engine")
-    if backend not in ("auto", natural):
-        raise TuneppError(f"{path}: a {method} {kind} runs on --backend {natural} (or auto), not {backend}")
-    return natural
+    """An ONNX file's metadata props (:func:`tunepp_deploy.model_file.read_onnx_props`)."""
+    return read_onnx_props(path)
 
 
 __all__ = ["GraphRunner", "OrtGraphRunner", "TorchGraphRunner", "onnx_props", "single_backend"]
