@@ -50,6 +50,10 @@ class WindowFlops:
             return windows * (self.trunk_gflops + samples * self.head_gflops)
         return windows * samples * self.single_gflops
 
+    def counted_gflops(self, trunk_windows: int, head_rows: int) -> float:
+        """GFLOPs of what a run did: the trunk on ``trunk_windows`` windows, the head on ``head_rows`` rows."""
+        return trunk_windows * self.trunk_gflops + head_rows * self.head_gflops
+
     def ideal_speedup(self, samples: int) -> float:
         """What trunk reuse can save at most: FLOPs without reuse over FLOPs with it."""
         return self.run_gflops(1, samples, False) / self.run_gflops(1, samples, True)

@@ -4,7 +4,9 @@ Measures, for the phantom config's network (random weights — speed and parity 
 training) on a default phantom volume (64x64x48 at 2x2x2.5 mm, 8 windows of 48x48x32):
 
 * parity torch vs ONNX Runtime (max abs difference): trunk outputs, head outputs, whole-volume maps;
-* latency of MC-25 on the whole volume for torch (CPU, fp32 eager) and ONNX Runtime (CPU provider);
+* latency of MC-25 on the whole volume for torch (CPU, fp32 eager) and ONNX Runtime (CPU provider),
+  through the streamed engine :func:`tunepp_deploy.infer.mc.mc_predict` (with its sample chunk and
+  trunk mode: torch splits trunk and head, ONNX Runtime runs the one graph);
 * trunk reuse on vs off for one window x 25 samples (off = the window repeated 25 times, so the
   trunk runs per sample — what a plain ``model.train(); [model(x) for _ in range(25)]`` does);
 * with ``--two-graphs``: the one-graph export against a trunk graph + head graph pair (why the
@@ -111,11 +113,15 @@ def run(repeats: int = 3, samples: int = 25, two_graphs: bool = False) -> dict[s
     vol = torch.from_numpy(normalize_intensity(case.image, cfg.data.intensity))[None]
     res["volume_shape"] = list(case.image.shape)
     settings = MCSettings(samples=samples, max_batch=1)
-    maps = {}
+    runs = {}
     for name, runner in (("torch", tr), ("ort", orr)):
         res[f"mc{samples}_volume_seconds_{name}"] = _median(
-            lambda r=runner, n=name: maps.__setitem__(n, mc_predict(vol, r, masks, settings).maps), repeats)
-    res["parity_volume_maps_max_abs"] = float((maps["torch"].stacked() - maps["ort"].stacked()).abs().max())
+            lambda r=runner, n=name: runs.__setitem__(n, mc_predict(vol, r, masks, settings)), repeats)
+        # the streamed engine: samples per chunk and how the trunk ran (torch splits trunk / head, ORT runs whole)
+        res[f"mc{samples}_sample_chunk_{name}"] = runs[name].sample_chunk
+        res[f"mc{samples}_trunk_{name}"] = runs[name].trunk
+    res["parity_volume_maps_max_abs"] = float(
+        (runs["torch"].maps.stacked() - runs["ort"].maps.stacked()).abs().max())
 
     xr = x.repeat(samples, 1, 1, 1, 1)
     res["window_reuse_on_seconds_ort"] = _median(lambda: orr(x, rows), repeats)

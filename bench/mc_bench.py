@@ -64,6 +64,8 @@ CPU_DEFAULTS = ("phantom.yaml", (64, 64, 48))
 PUBLISHED_A100 = {"single_s": 1.1, "mc25_s": 2.8, "source": "TUNE++ seed README (A100)"}
 #: CPU targets of issue 6 (figures to report, not tests).
 TARGETS = {"batched_vs_loop": 3.0, "ort_vs_torch_single": 1.3}
+#: What each entry records of the engine's run (the predictor's report info, and the FLOP counts).
+INFO_FIELDS = ("sample_chunk", "sample_chunks", "trunk", "noise_draws", "trunk_windows", "head_rows")
 
 
 @dataclass(frozen=True)
@@ -262,17 +264,18 @@ def _measure(fn: Callable[[], RunResult], warmup: int, repeats: int, device: tor
         "windows_per_call": last.windows_per_call,
         "samples_per_call": last.samples_per_call,
         "blend": last.blend,
+        **{k: last.info[k] for k in INFO_FIELDS},
         "peak_rss_mb": rss.peak_bytes / 2**20,
         "rss_increase_mb": (rss.peak_bytes - rss.start_bytes) / 2**20,
         "peak_device_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        "_mean_probs": last.mean_probs,
+        "_result": last,
     }
 
 
 def _entry(kind: str, backend: str, precision: str, samples: int, runner: str, m: dict[str, Any],
-           flops: WindowFlops, peak: float, trunk_reuse: bool) -> dict[str, Any]:
+           flops: WindowFlops, peak: float) -> dict[str, Any]:
     med = m["latency_s"]["median"]
-    gflops = flops.run_gflops(m["windows"], samples, trunk_reuse)
+    gflops = flops.counted_gflops(m["trunk_windows"], m["head_rows"])
     floor = gflops / peak
     return {
         "key": f"{kind}/{backend}/{precision}/S{samples}",
@@ -374,14 +377,16 @@ def run_mc_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[s
     entries: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     s_ref = s.reference_samples
-    probs: dict[str, torch.Tensor] = {}
+    kept: dict[str, dict[str, torch.Tensor]] = {}  # model-grid maps of the runs the checks compare (host)
 
-    def record(kind: str, backend: str, precision: str, samples: int, runner: str, fn: Callable[[], RunResult],
-               trunk_reuse: bool = True) -> dict[str, Any]:
+    def record(kind: str, backend: str, precision: str, samples: int, runner: str,
+               fn: Callable[[], RunResult]) -> dict[str, Any]:
         log(f"  {kind} {backend} {precision} S={samples} ...")
         m = _measure(fn, s.warmup, s.repeats, device)
-        e = _entry(kind, backend, precision, samples, runner, m, flops, peaks[precision], trunk_reuse)
-        probs[e["key"]] = m["_mean_probs"]
+        e = _entry(kind, backend, precision, samples, runner, m, flops, peaks[precision])
+        if samples == s_ref and kind in ("mc", "reuse_off", "naive"):
+            last: RunResult = m["_result"]
+            kept[e["key"]] = {"mean_probs": last.mean_probs.cpu(), **{k: v.cpu() for k, v in last.maps.items()}}
         entries.append(e)
         log(f"    {e['latency_s']['median']:.3f} s (min {e['latency_s']['min']:.3f}, max {e['latency_s']['max']:.3f})")
         return e
@@ -420,27 +425,20 @@ def run_mc_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[s
                         mcn = MCSettings(s_ref, mc.seed, mc.overlap, mc.max_batch, mc.memory_gb)
                         off = ReuseOffRunner(runner)
                         record("reuse_off", backend, precision, s_ref, off.describe(),
-                               lambda r=off, m=masks, c=mcn: run_engine(r, scan, m, c), trunk_reuse=False)
+                               lambda r=off, m=masks, c=mcn: run_engine(r, scan, m, c))
         if s.baselines and model.net is not None and meta.sites:
             masks = sample_masks(meta.sites, meta.window, s_ref, mc.seed)
             mcn = MCSettings(s_ref, mc.seed, mc.overlap, mc.max_batch, mc.memory_gb)
             fwd = EagerForward(model.net, meta, device)
             record("naive", "torch", "fp32", s_ref, "torch eager model.forward, one sample per pass (seed loop)",
-                   lambda: run_naive(fwd, scan, masks, mcn), trunk_reuse=False)
+                   lambda: run_naive(fwd, scan, masks, mcn))
         elif s.baselines:
             skipped.append({"backend": "torch", "precision": "fp32", "reason": "naive loop needs a torch network "
                             "with dropout sites"})
 
     by_key = {e["key"]: e for e in entries}
     ratios = compute_ratios(by_key, s.backends, s.precisions, s_ref)
-    checks = {}
-    naive_key, batched_key = f"naive/torch/fp32/S{s_ref}", f"mc/torch/fp32/S{s_ref}"
-    if naive_key in probs and batched_key in probs:  # same masks: the engine must reproduce the seed loop
-        checks["naive_vs_engine_max_abs_diff_mean_probs"] = float((probs[naive_key] - probs[batched_key]).abs().max())
-    for key in probs:  # reuse off must compute the same samples as reuse on
-        if key.startswith("reuse_off/") and "mc/" + key.removeprefix("reuse_off/") in probs:
-            name = "reuse_off_vs_on_max_abs_diff_mean_probs_" + "_".join(key.split("/")[1:3])
-            checks[name] = float((probs[key] - probs["mc/" + key.removeprefix("reuse_off/")]).abs().max())
+    checks = compute_checks(kept, s_ref)
     machine["loadavg_end"] = list(os.getloadavg())
     result = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -472,6 +470,33 @@ def run_mc_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[s
     return result
 
 
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """Max |a - b| of the mean probabilities, and over every map both have."""
+    probs = float((a["mean_probs"] - b["mean_probs"]).abs().max())
+    maps = max(float((a[k] - b[k]).abs().max()) for k in a if k in b)
+    return probs, maps
+
+
+def compute_checks(kept: dict[str, dict[str, torch.Tensor]], s_ref: int) -> dict[str, float]:
+    """The same samples must give the same maps: the seed's naive loop (S full passes, reference formula
+    :func:`~tunepp_deploy.infer.uncertainty.maps_from_samples`) against the streamed engine (torch fp32),
+    and trunk reuse off against on, per backend — both the mean probabilities and every map."""
+    checks: dict[str, float] = {}
+    naive_key, batched_key = f"naive/torch/fp32/S{s_ref}", f"mc/torch/fp32/S{s_ref}"
+    if naive_key in kept and batched_key in kept:
+        p, m = _max_diff(kept[naive_key], kept[batched_key])
+        checks["naive_vs_engine_max_abs_diff_mean_probs"] = p
+        checks["naive_vs_engine_max_abs_diff_maps"] = m
+    for key in kept:
+        on = "mc/" + key.removeprefix("reuse_off/")
+        if key.startswith("reuse_off/") and on in kept:
+            tag = "_".join(key.split("/")[1:3])
+            p, m = _max_diff(kept[key], kept[on])
+            checks[f"reuse_off_vs_on_max_abs_diff_mean_probs_{tag}"] = p
+            checks[f"reuse_off_vs_on_max_abs_diff_maps_{tag}"] = m
+    return checks
+
+
 def compute_ratios(by_key: dict[str, dict[str, Any]], backends: Sequence[str], precisions: Sequence[str],
                    s_ref: int) -> list[dict[str, Any]]:
     """Every ratio the report quotes, each from two recorded medians."""
@@ -501,4 +526,5 @@ def compute_ratios(by_key: dict[str, dict[str, Any]], backends: Sequence[str], p
     return [r for r in out if r is not None]
 
 
-__all__ = ["BACKENDS", "PRECISIONS", "PUBLISHED_A100", "BenchSettings", "compute_ratios", "run_mc_bench"]
+__all__ = ["BACKENDS", "PRECISIONS", "PUBLISHED_A100", "BenchSettings", "compute_checks", "compute_ratios",
+           "run_mc_bench"]

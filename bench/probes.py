@@ -4,17 +4,23 @@ The MC engine (:func:`tunepp_deploy.infer.mc.mc_predict`) reports only its total
 benchmark splits it from the outside instead of adding timing code to the engine:
 
 * :class:`TimedRunner` wraps any :class:`~tunepp_deploy.infer.runners.Runner` and adds up the time
-  spent inside runner calls — the **network** stage. On CUDA it records a pair of CUDA events
-  around each call (no synchronisation per call, so the engine's queueing is left as it is) and
-  reads them once the engine has synchronised at its end.
+  spent inside runner calls — whole-graph calls, and the :meth:`~Runner.trunk` / :meth:`~Runner.head`
+  calls of a runner that :attr:`~Runner.splits` (torch), which the engine uses to run the trunk once
+  per window batch and to cache it across sample chunks — the **network** stage. On CUDA it records
+  a pair of CUDA events around each call (no synchronisation per call, so the engine's queueing is
+  left as it is) and reads them once the engine has synchronised at its end.
 * The engine calls ``progress`` after each window batch has been stitched; the time from the last
-  call to the engine's return is the **uncertainty** stage (normalising the blended sums and
-  :func:`~tunepp_deploy.infer.uncertainty.from_samples` / ``from_moments``). What is left of the
-  engine's time is **stitching**: window extraction, per-row softmax and aleatoric variance, and
-  Gaussian-weighted accumulation.
+  call to the engine's return is the **uncertainty** stage (folding the last sample chunk into the
+  float64 statistics, :class:`~tunepp_deploy.infer.moments.SampleStats`, and computing the maps).
+  What is left of the engine's time is **stitching**: window extraction, each sample's predictive
+  with the logit noise averaged in (:func:`~tunepp_deploy.infer.logit_noise.sampled_softmax`),
+  Gaussian-weighted accumulation — and, when the samples run in several chunks, the folds of the
+  earlier chunks (they happen between two passes; the engine has no hook to time them apart).
 * :class:`ReuseOffRunner` feeds the graph ``x`` already repeated once per sample (``R == B``), so
   the trunk runs for every row: the same batched call with trunk reuse turned off, on any backend
-  (the export's graph contract documents this use).
+  (the export's graph contract documents this use). It never :attr:`~Runner.splits`.
+* :class:`RowCapRunner` lowers a runner's :attr:`~Runner.max_rows`, so the engine plans smaller
+  calls (the memory benchmark gives two runs the same call plan with it).
 
 Host memory: ``ru_maxrss`` is a high-water mark for the whole process lifetime and cannot be reset,
 so it cannot attribute a peak to one configuration measured after a bigger one. :class:`RssSampler`
@@ -27,13 +33,16 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
+from typing import TypeVar
 
 import psutil
 import torch
 
 from tunepp_deploy.infer.runners.base import Runner
+
+T = TypeVar("T")
 
 
 def synchronize(device: torch.device) -> None:
@@ -43,13 +52,23 @@ def synchronize(device: torch.device) -> None:
 
 
 class TimedRunner(Runner):
-    """Delegates to ``inner`` and accumulates the seconds spent in its calls (module docstring)."""
+    """Delegates to ``inner`` and accumulates the seconds spent in its calls (module docstring).
+
+    ``calls`` counts what the engine counts as runner calls: whole-graph calls and head calls
+    (``trunk_calls`` the trunk calls of a splitting runner). ``trunk_windows`` and ``head_rows``
+    count the windows the trunk ran on and the rows the head ran on, whichever way they were
+    called — what the benchmark's FLOP count is built from (a one-graph call runs the trunk once per
+    window, unless the runner repeats ``x`` per row, :attr:`ReuseOffRunner.trunk_per_row`).
+    """
 
     def __init__(self, inner: Runner) -> None:
         super().__init__(inner.meta, inner.device)
         self.inner = inner
         self.name = inner.name
         self.calls = 0
+        self.trunk_calls = 0
+        self.trunk_windows = 0
+        self.head_rows = 0
         self._host_seconds = 0.0
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
@@ -57,22 +76,42 @@ class TimedRunner(Runner):
     def max_rows(self) -> int | None:
         return self.inner.max_rows
 
+    @property
+    def splits(self) -> bool:
+        return self.inner.splits
+
     def describe(self) -> str:
         return self.inner.describe()
 
-    def infer(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        self.calls += 1
+    def _timed(self, fn: Callable[[], T]) -> T:
         if self.device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            out = self.inner(x, masks)
+            out = fn()
             end.record()
             self._events.append((start, end))
             return out
         t0 = time.perf_counter()
-        out = self.inner(x, masks)
+        out = fn()
         self._host_seconds += time.perf_counter() - t0
         return out
+
+    def infer(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls += 1
+        rows = int(masks[0].shape[0]) if masks else int(x.shape[0])
+        self.head_rows += rows
+        self.trunk_windows += rows if getattr(self.inner, "trunk_per_row", False) else int(x.shape[0])
+        return self._timed(lambda: self.inner(x, masks))
+
+    def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self.trunk_calls += 1
+        self.trunk_windows += int(x.shape[0])
+        return self._timed(lambda: self.inner.trunk(x))
+
+    def head(self, feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls += 1
+        self.head_rows += int(masks[0].shape[0]) if masks else int(feats[0].shape[0])
+        return self._timed(lambda: self.inner.head(feats, masks))
 
     def seconds(self) -> float:
         """Network seconds so far (synchronises on CUDA to read the events)."""
@@ -84,6 +123,9 @@ class TimedRunner(Runner):
 
 class ReuseOffRunner(Runner):
     """Runs ``inner`` with the trunk recomputed for every sample row (still one batched call)."""
+
+    #: The trunk runs once per row, not once per window (read by :class:`TimedRunner`'s FLOP count).
+    trunk_per_row = True
 
     def __init__(self, inner: Runner) -> None:
         super().__init__(inner.meta, inner.device)
@@ -102,6 +144,39 @@ class ReuseOffRunner(Runner):
         reps = rows // int(x.shape[0])
         # sample-major rows (row s * B + b = window b), the order the masks are in
         return self.inner(x.repeat(reps, 1, 1, 1, 1), masks)
+
+
+class RowCapRunner(Runner):
+    """``inner`` with at most ``max_rows`` rows per call planned by the engine (trunk / head split kept)."""
+
+    def __init__(self, inner: Runner, max_rows: int) -> None:
+        super().__init__(inner.meta, inner.device)
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        self.inner = inner
+        self.name = inner.name
+        self._max_rows = int(max_rows)
+
+    @property
+    def max_rows(self) -> int | None:
+        inner = self.inner.max_rows
+        return self._max_rows if inner is None else min(inner, self._max_rows)
+
+    @property
+    def splits(self) -> bool:
+        return self.inner.splits
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()}, <= {self.max_rows} rows per call"
+
+    def infer(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner(x, masks)
+
+    def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.inner.trunk(x)
+
+    def head(self, feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner.head(feats, masks)
 
 
 class RssSampler:
@@ -146,4 +221,4 @@ def spread(values: Sequence[float]) -> dict[str, float]:
             "iqr": q3 - q1, "n": len(vals)}
 
 
-__all__ = ["ReuseOffRunner", "RssSampler", "TimedRunner", "spread", "synchronize"]
+__all__ = ["ReuseOffRunner", "RowCapRunner", "RssSampler", "TimedRunner", "spread", "synchronize"]

@@ -29,7 +29,8 @@ def _rows(result: dict[str, Any]) -> list[list[str]]:
         st = e["stages_s"]
         lat = e["latency_s"]
         rows.append([
-            e["kind"], e["backend"], e["precision"], str(e["samples"]), _fmt(lat["median"]),
+            e["kind"], e["backend"], e["precision"], str(e["samples"]), str(e.get("sample_chunk", "")),
+            str(e.get("trunk", "")), _fmt(lat["median"]),
             f"{_fmt(lat['min'])}-{_fmt(lat['max'])}", *(_fmt(st[s]) for s in result["stages"]),
             f"{e['windows_per_s']:.2f}", f"{e['peak_rss_mb']:.0f}",
             _fmt(e["peak_device_mb"], 0), _fmt(e["measured_over_floor"], 1),
@@ -38,7 +39,8 @@ def _rows(result: dict[str, Any]) -> list[list[str]]:
 
 
 def _header(result: dict[str, Any]) -> list[str]:
-    return ["kind", "backend", "prec", "S", "median s", "min-max s", *result["stages"], "win/s", "peak RSS MB",
+    return ["kind", "backend", "prec", "S", "chunk", "trunk", "median s", "min-max s", *result["stages"], "win/s",
+            "peak RSS MB",
             "peak dev MB", "measured/floor"]
 
 
@@ -81,13 +83,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"FLOPs per window: trunk {fl['trunk_gflops_per_window']:.3f} + head {fl['head_gflops_per_window']:.3f} "
         f"GFLOPs (trunk share {fl['trunk_share']:.0%}); measured peak: {peaks} (same run).",
         "",
-        "Kinds: `single` = deterministic single pass (S=1, all-ones masks); `mc` = the engine (batched samples, "
-        "trunk once per window); `reuse_off` = same batched calls with the trunk run for every sample; "
-        "`naive` = the seed's loop of S eager `model.forward` passes. Stages in seconds (medians); "
-        "measured/floor = median latency / (FLOPs / measured peak).",
+        "Kinds: `single` = deterministic single pass (S=1, all-ones masks); `mc` = the TUNE++ predictor's streamed "
+        "engine (`mc_predict`: samples batched per runner call and streamed through the stitched volume in chunks "
+        "of `chunk`; `trunk` once per window batch, `cached` across chunks or `recomputed` per chunk); `reuse_off` "
+        "= same batched calls with the trunk run for every sample; `naive` = the seed's loop of S eager "
+        "`model.forward` passes (same logit noise, all S stitched samples kept, reference maps). Stages in seconds "
+        "(medians); measured/floor = median latency / (FLOPs counted from the trunk windows and head rows run / "
+        "measured peak).",
         "",
         "| " + " | ".join(_header(result)) + " |",
-        "|" + "---|" * 3 + "---:|" * (len(_header(result)) - 3),
+        "|" + "---|" * 3 + "---:|" * 2 + "---|" + "---:|" * (len(_header(result)) - 6),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in _rows(result)]
     lines += ["", "## Ratios (numerator / denominator medians, both from this run; latency unless a stage is named)",

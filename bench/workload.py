@@ -8,44 +8,56 @@ that is a 512 x 512 x 128 scan at 0.70 x 0.70 x 2.5 mm — a typical abdominal C
 default 240 x 240 x 160. So the preprocess stage does the real work of a real case: trilinear
 resampling from a larger grid and HU windowing.
 
-**The stages** (:data:`STAGES`) are those of :func:`tunepp_deploy.infer.pipeline.infer_case`
-without loading and writing NIfTI files (disk and gzip speed are not what is being compared):
-preprocess, then the MC engine split into network / stitching / uncertainty (see
-:mod:`tunepp_deploy.bench.probes`), then resampling the maps back to the input grid, then the
-topology report. The engine, the resampling and the report are the toolkit's own functions.
+**The stages** (:data:`STAGES`) are those of :func:`tunepp_deploy.infer.case.run_case` without
+loading and writing NIfTI files (disk and gzip speed are not what is being compared): preprocess,
+then :meth:`TuneppPredictor.predict <tunepp_deploy.predictors.tunepp.TuneppPredictor.predict>` —
+the streamed MC engine :func:`tunepp_deploy.infer.mc.mc_predict` — split into network / stitching /
+uncertainty (see :mod:`tunepp_deploy.bench.probes`), then resampling the probabilities and maps back
+to the input grid (:func:`~tunepp_deploy.infer.case.to_input_grid` and the predictor's
+``finish_maps``), then the topology report. All of it is the toolkit's own code, the predictor that
+``tunepp infer`` opens for a TUNE++ model.
 
 **The naive baseline** (:func:`run_naive`) is the seed's MC loop, ``preds = [model(x) for _ in
 range(25)]``: S complete sliding-window passes of ``model.forward`` with one sample's masks each —
-the trunk recomputed for every sample and no sample batching — followed by the same uncertainty
-maps, resampling and report, so its total compares like for like with the engine's.
+the trunk recomputed for every sample and no sample batching. Each sample's predictive gets the same
+logit noise as the engine's (:func:`~tunepp_deploy.infer.logit_noise.sampled_softmax` with
+``draw_logit_noise(seed, range(S), noise_draws, K)``), the S stitched predictives are kept
+(``S x K x V``, as the seed did) and turned into maps by the reference formula
+:func:`~tunepp_deploy.infer.uncertainty.maps_from_samples`; then the same resampling and report. So
+its total compares like for like with the engine's, and its maps must equal the engine's exactly
+(both are the per-sample blend; the ``checks`` of ``bench.json``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from tunepp_deploy.export.metadata import ModelMeta
 
 from tunepp_deploy.data.preprocess import preprocess_image
+from tunepp_deploy.infer.case import DEFAULT_FLAG_THRESHOLD, to_input_grid
+from tunepp_deploy.infer.logit_noise import draw_logit_noise, sampled_softmax
 from tunepp_deploy.infer.masks import SampleMasks
-from tunepp_deploy.infer.mc import MCSettings, mc_predict, plan_calls
-from tunepp_deploy.infer.pipeline import DEFAULT_FLAG_THRESHOLD, to_input_grid
+from tunepp_deploy.infer.mc import MCSettings, plan_calls
 from tunepp_deploy.infer.report import build_report
 from tunepp_deploy.infer.runners.base import Runner
 from tunepp_deploy.infer.sliding_window import count_windows, sliding_window
-from tunepp_deploy.infer.uncertainty import UncertaintyMaps, aleatoric_variance, from_samples
+from tunepp_deploy.infer.uncertainty import UncertaintyMaps, maps_from_samples
 from tunepp_deploy.model.network import TUNEPP
+from tunepp_deploy.predictors.base import Prediction
+from tunepp_deploy.predictors.settings import RunSettings
+from tunepp_deploy.predictors.tunepp import TuneppPredictor, clamp_and_sum
 
 from .probes import TimedRunner, synchronize
 
 STAGES = ("preprocess", "network", "stitching", "uncertainty", "resample_to_input", "report")
 #: Raw scan spacing relative to the model spacing (module docstring: 512x512x128 -> 240x240x160).
 RAW_SPACING_FACTOR = (0.46875, 0.46875, 1.25)
-REPORT_MAPS = ("total", "epistemic", "aleatoric", "mutual_information", "predictive_entropy")
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,8 @@ class RunResult:
     samples_per_call: int
     blend: str
     mean_probs: torch.Tensor  # model grid, for cross-checking the naive loop against the engine
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)  # model grid, the same check for every map
+    info: dict[str, Any] = field(default_factory=dict)  # sample_chunk, trunk, ... (the predictor's report info)
 
 
 def make_scan(volume: Sequence[int], model_spacing: Sequence[float], seed: int = 0) -> Scan:
@@ -100,55 +114,71 @@ def preprocessed_shape(scan: Scan, runner_meta_spacing: Sequence[float]) -> tupl
     return resampled_shape(scan.hu.shape, scan.spacing, runner_meta_spacing)
 
 
-def _finish(maps: UncertaintyMaps, scan: Scan, classes: list[str], device: torch.device,
-            stages: dict[str, float], t: float) -> float:
-    """Resample to the input grid and build the report, adding both stages; returns the clock."""
-    seg, host_maps = to_input_grid(maps, scan.hu.shape)
+def prediction_maps(m: UncertaintyMaps) -> dict[str, torch.Tensor]:
+    """The maps a TUNE++ prediction carries (what :class:`TuneppPredictor` returns)."""
+    return {"aleatoric": m.aleatoric, "epistemic": m.epistemic, "total": m.total,
+            "predictive_entropy": m.predictive_entropy, "mutual_information": m.mutual_information}
+
+
+def _finish(pred: Prediction, scan: Scan, classes: list[str], stages: dict[str, float], t: float) -> float:
+    """Resample to the input grid and build the report as ``run_case`` does, adding both stages;
+    returns the clock."""
+    seg, _probs, maps = to_input_grid(pred, scan.hu.shape)
+    maps = clamp_and_sum(maps)
     now = time.perf_counter()
     stages["resample_to_input"] = now - t
-    build_report(seg, {k: host_maps[k] for k in REPORT_MAPS}, classes, scan.spacing, scan.affine,
-                 DEFAULT_FLAG_THRESHOLD)
+    report_maps = {"total": maps["total"], **{k: v for k, v in maps.items() if k != "total"}}
+    build_report(seg, report_maps, classes, scan.spacing, scan.affine, DEFAULT_FLAG_THRESHOLD)
     end = time.perf_counter()
     stages["report"] = end - now
     return end
 
 
-def _preprocess(
-    scan: Scan, meta: ModelMeta, device: torch.device, stages: dict[str, float]
-) -> tuple[torch.Tensor, float, float]:
-    """Resample + normalise the scan onto ``device`` as inference does, recording the ``preprocess``
-    stage; returns ``(x, start, end)`` clock readings for the caller's later stages."""
+def _preprocess(scan: Scan, meta: ModelMeta, device: torch.device,
+                stages: dict[str, float]) -> tuple[np.ndarray, float, float]:
+    """Resample + normalise the scan as inference does, recording the ``preprocess`` stage; returns
+    the preprocessed volume (host, as ``run_case`` hands it to the predictor) and the stage's start
+    and end clock readings."""
     synchronize(device)
     t0 = time.perf_counter()
     pre = preprocess_image(scan.hu, scan.spacing, meta.spacing, meta.intensity)
-    x = torch.from_numpy(pre)[None].to(device)
-    synchronize(device)
     t1 = time.perf_counter()
     stages["preprocess"] = t1 - t0
-    return x, t0, t1
+    return pre, t0, t1
+
+
+def settings_of(mc: MCSettings) -> RunSettings:
+    """The predictor's resolved settings for engine settings ``mc``."""
+    return RunSettings(samples=mc.samples, seed=mc.seed, overlap=mc.overlap, max_batch=mc.max_batch,
+                       memory_gb=mc.memory_gb, blend=mc.blend, noise_draws=mc.noise_draws)
 
 
 def run_engine(runner: Runner, scan: Scan, masks: SampleMasks, mc: MCSettings) -> RunResult:
-    """The MC engine end to end on ``runner`` (module docstring), timed per stage."""
+    """The TUNE++ predictor (the streamed MC engine) end to end on ``runner`` (module docstring),
+    timed per stage. ``masks`` replace the predictor's own (for the single pass: all-ones masks)."""
     meta, dev = runner.meta, runner.device
-    stages: dict[str, float] = {}
-    x, t0, t1 = _preprocess(scan, meta, dev, stages)
-
     timed = TimedRunner(runner)
+    predictor = TuneppPredictor(timed, settings_of(mc))  # opened once per model in `tunepp infer`: not timed
+    predictor.masks = masks
+    stages: dict[str, float] = {}
+    pre, t0, t1 = _preprocess(scan, meta, dev, stages)
     last = [t1]
 
-    def stitched(_: int) -> None:
+    def stitched(_done: int, _total: int) -> None:
         synchronize(dev)
         last[0] = time.perf_counter()
 
-    res = mc_predict(x, timed, masks, mc, progress=stitched)
+    pred = predictor.predict(pre, stitched)
     t2 = time.perf_counter()  # mc_predict synchronises before returning on CUDA
     stages["network"] = timed.seconds()
     stages["uncertainty"] = t2 - last[0]
     stages["stitching"] = max(0.0, (t2 - t1) - stages["network"] - stages["uncertainty"])
-    end = _finish(res.maps, scan, meta.classes, dev, stages, t2)
-    return RunResult(stages, end - t0, res.windows, res.calls, res.plan.windows_per_call,
-                     res.plan.samples_per_call, res.blend, res.maps.mean_probs)
+    end = _finish(pred, scan, meta.classes, stages, t2)
+    info = pred.info
+    return RunResult(stages, end - t0, info["windows"], info["runner_calls"], info["windows_per_call"],
+                     info["samples_per_call"], info["blend"], pred.probs, dict(pred.maps),
+                     {**{k: info[k] for k in ("sample_chunk", "sample_chunks", "trunk", "noise_draws")},
+                      "trunk_windows": timed.trunk_windows, "head_rows": timed.head_rows})
 
 
 class EagerForward(Runner):
@@ -170,31 +200,39 @@ def run_naive(forward: EagerForward, scan: Scan, masks: SampleMasks, mc: MCSetti
     """The seed's loop: S full sliding-window passes, one sample each (module docstring)."""
     meta, dev = forward.meta, forward.device
     stages: dict[str, float] = {}
-    x, t0, t1 = _preprocess(scan, meta, dev, stages)
+    pre, t0, _ = _preprocess(scan, meta, dev, stages)
+    x = torch.from_numpy(pre)[None].to(dev)
+    synchronize(dev)
+    t1 = time.perf_counter()
+    stages["preprocess"] = t1 - t0  # with the copy to the device, which the engine's predictor does itself
 
     timed = TimedRunner(forward)
     batch = plan_calls(meta, 1, mc.max_batch, mc.memory_gb, None).windows_per_call
-    probs, ale = [], []
+    k = meta.num_classes
+    noise = torch.from_numpy(draw_logit_noise(masks.seed or 0, range(masks.samples), mc.noise_draws, k))
+    probs = []
     for s in range(masks.samples):
         def predictor(xb: torch.Tensor, s: int = s) -> list[torch.Tensor]:
             logits, log_var = timed(xb, masks.rows([s], xb.shape[0], dev))
-            p = torch.softmax(logits.float(), dim=1)
-            return [p, aleatoric_variance(p, log_var)]
+            return [sampled_softmax(logits, log_var, noise[[s]].expand(xb.shape[0], -1, -1))]
 
-        p, a = sliding_window(x, predictor, meta.window, overlap=mc.overlap, batch=batch)
+        (p,) = sliding_window(x, predictor, meta.window, overlap=mc.overlap, batch=batch)
         probs.append(p)
-        ale.append(a[0])
     synchronize(dev)
     t2 = time.perf_counter()
-    maps = from_samples(torch.stack(probs), torch.stack(ale).mean(0))
+    maps = maps_from_samples(torch.stack(probs))
     synchronize(dev)
     t3 = time.perf_counter()
     stages["network"] = timed.seconds()
     stages["uncertainty"] = t3 - t2
     stages["stitching"] = max(0.0, (t2 - t1) - stages["network"])
-    end = _finish(maps, scan, meta.classes, dev, stages, t3)
+    pred = Prediction(maps.mean_probs, prediction_maps(maps))
+    end = _finish(pred, scan, meta.classes, stages, t3)
     windows = count_windows(tuple(x.shape[1:]), meta.window, mc.overlap)
-    return RunResult(stages, end - t0, windows, timed.calls, batch, 1, "naive loop", maps.mean_probs)
+    return RunResult(stages, end - t0, windows, timed.calls, batch, 1, "naive loop", maps.mean_probs,
+                     dict(pred.maps), {"sample_chunk": masks.samples, "sample_chunks": 1, "trunk": "per sample",
+                                       "noise_draws": mc.noise_draws, "trunk_windows": timed.trunk_windows,
+                                       "head_rows": timed.head_rows})
 
 
 Measure = Callable[[], RunResult]
@@ -206,6 +244,7 @@ __all__ = [
     "RunResult",
     "Scan",
     "make_scan",
+    "prediction_maps",
     "preprocessed_shape",
     "run_engine",
     "run_naive",

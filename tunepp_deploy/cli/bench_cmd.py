@@ -1,7 +1,8 @@
-"""``tunepp bench`` (MC-inference latency) and ``tunepp bench kernels`` (topology kernels).
+"""``tunepp bench`` (MC-inference latency), ``tunepp bench kernels`` (topology kernels) and
+``tunepp bench memory`` (the streamed exact blend's memory against all samples in one chunk).
 
-Thin wrappers: the logic is :func:`tunepp_deploy.bench.mc_bench.run_mc_bench` and
-:func:`tunepp_deploy.bench.kernels.run_kernel_bench`.
+Thin wrappers: the logic is :func:`tunepp_deploy.bench.mc_bench.run_mc_bench`,
+:func:`tunepp_deploy.bench.kernels.run_kernel_bench` and :func:`tunepp_deploy.bench.memory.run_memory_bench`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from rich.console import Console
 from tunepp_deploy.cli.errors import user_errors
 from tunepp_deploy.errors import TuneppError
 
-app = typer.Typer(help="Benchmarks: MC inference end to end (default) or the topology kernels.")
+app = typer.Typer(help="Benchmarks: MC inference end to end (default), the topology kernels, or memory.")
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -101,6 +102,43 @@ def kernels(
     shapes = [_volume(s, "--sizes") for s in _csv(sizes)]
     run_kernel_bench(shapes, repeats, out)
     typer.echo((out / "kernels.md").read_text())
+
+
+@app.command("memory")
+@user_errors
+def memory(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (memory[_TAG].json and .md).")]
+    = Path("bench/results"),
+    tag: Annotated[str, typer.Option(help="File name suffix: memory_TAG.json.")] = "",
+    config: Annotated[Path, typer.Option("--config", "-c", help="Config (classes, window, spacing, sites).")]
+    = Path("configs/synapse.yaml"),
+    volume: Annotated[str, typer.Option(help="Model-grid scan size DxHxW.")] = "240x240x160",
+    samples: Annotated[int, typer.Option(min=1, help="MC samples S.")] = 25,
+    memory_gb: Annotated[float, typer.Option(min=0.01, help="Budget of the streamed run, GB.")] = 4.0,
+    max_rows: Annotated[int, typer.Option(min=0, help="Rows per runner call in both runs (0: the runner's own "
+                                                     "cap).")] = 4,
+    widths: Annotated[str, typer.Option(help="Widths of the tiny random network.")] = "4,8,16,32",
+    full_res_channels: Annotated[int, typer.Option(min=1, help="Its full-resolution channels.")] = 4,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads per run.")] = 2,
+    runs: Annotated[str, typer.Option(help="streamed, per_sample, or both.")] = "streamed,per_sample",
+    timeout: Annotated[float | None, typer.Option(min=1.0, help="Seconds per run before it is stopped.")] = None,
+    maps_dir: Annotated[Path | None, typer.Option(help="Keep each run's maps and record here.")] = None,
+    reuse: Annotated[Path | None, typer.Option(help="An earlier --maps-dir: runs left out of --runs are taken "
+                                                    "from it (same workload only).")] = None,
+) -> None:
+    """Peak RSS of mc_predict streaming sample chunks (--memory-gb) vs all S samples in one chunk; maps compared."""
+    from tunepp_deploy.bench.memory import RUNS, MemorySettings, markdown, run_memory_bench
+
+    chosen = _csv(runs)
+    if not chosen or any(r not in RUNS for r in chosen):
+        raise TuneppError(f"--runs takes {', '.join(RUNS)}, got {runs!r}")
+    settings = MemorySettings(out=out, tag=tag, config=config, volume=_volume(volume), samples=samples,
+                              memory_gb=memory_gb, max_rows=max_rows, widths=_ints(widths, "--widths"),
+                              full_res_channels=full_res_channels, threads=threads, timeout_s=timeout,
+                              runs=chosen, maps_dir=maps_dir, reuse=reuse)
+    console = Console(stderr=True)
+    result = run_memory_bench(settings, log=lambda msg: console.print(msg, highlight=False))
+    typer.echo(markdown(result))
 
 
 __all__ = ["app"]
