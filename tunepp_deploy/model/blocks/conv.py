@@ -17,8 +17,9 @@ Int3 = tuple[int, int, int]
 def group_norm(channels: int, max_groups: int = 8) -> nn.GroupNorm:
     """GroupNorm with the largest group count <= ``max_groups`` that divides ``channels``.
 
-    Batch-size independent (3D segmentation trains with batch 2), deterministic, exports to ONNX
-    ``GroupNormalization``/``InstanceNormalization`` patterns that TensorRT supports.
+    Batch-size independent (3D segmentation trains with batch 2), deterministic. Exported as
+    per-axis ``ReduceMean`` statistics (:func:`tunepp_deploy.export.onnx_export.group_norm_blocked`),
+    not ``InstanceNormalization``, whose fp32 CPU kernel drifts on flat or clipped inputs.
     """
     groups = max(g for g in range(1, max_groups + 1) if channels % g == 0)
     return nn.GroupNorm(groups, channels)
