@@ -22,6 +22,7 @@ from tunepp_deploy.config.load import config_to_dict
 from tunepp_deploy.config.schema import TuneppConfig
 from tunepp_deploy.data.nifti import write_atomic
 from tunepp_deploy.errors import TuneppError
+from tunepp_deploy.export.onnx_export import ACCURATE_NORMS
 from tunepp_deploy.methods.segwithu.model import SegWithU
 
 OUTPUTS = ("logits", "tempered_logits", "temperature", "u_cal", "u_rnk", "u_epi")
@@ -58,7 +59,8 @@ def export_segwithu(
             warnings.simplefilter("ignore")
             program = torch.onnx.export(SegWithUGraph(model), (x,), None, input_names=["x"],
                                         output_names=list(OUTPUTS), dynamic_shapes=({0: batch},),
-                                        opset_version=opset, dynamo=True, optimize=True, verbose=False)
+                                        opset_version=opset, dynamo=True, optimize=True, verbose=False,
+                                        custom_translation_table=ACCURATE_NORMS)  # ORT's InstanceNorm drifts
     except Exception as e:  # the exporter raises many types; the first line says what failed
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TuneppError(f"ONNX export of SegWithU failed: {first[:200]}") from None
