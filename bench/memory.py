@@ -140,12 +140,14 @@ def build_model(s: MemorySettings):
 def memory_model(shape: Sequence[int], window: Sequence[int], classes: int, chunk: int, call_bytes: int,
                  cache_bytes: float = 0.0) -> dict[str, float]:
     """The engine's own accounting (the terms of :func:`~tunepp_deploy.infer.sampling.plan_chunk`), GB."""
+    from tunepp_deploy.infer.moments import SLAB_BYTES
     from tunepp_deploy.infer.sampling import STATS_EXTRA_MAPS
 
     v = math.prod(max(int(a), int(w)) for a, w in zip(shape, window, strict=True))
     gb = 2.0**30
     terms = {
         "stats_gb": (classes + STATS_EXTRA_MAPS) * 8 * v / gb,
+        "stats_slabs_gb": 4 * SLAB_BYTES / gb,
         "chunk_gb": chunk * 2 * 4 * classes * v / gb,
         "runner_calls_gb": call_bytes / gb,
         "trunk_cache_gb": cache_bytes / gb,
@@ -165,6 +167,20 @@ def all_samples_budget(shape: Sequence[int], window: Sequence[int], classes: int
     while plan_chunk(shape, window, classes, samples, gb, call_bytes) < samples:  # round-off guard
         gb += 0.01
     return round(gb, 2)
+
+
+def engine_version() -> dict[str, Any]:
+    """The commit the engine was run at, and the engine files that differ from it (the figures belong to both)."""
+    root = Path(__file__).resolve().parents[1]
+    out: dict[str, Any] = {"commit": None, "modified": None}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out["commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                       check=True, timeout=30).stdout.strip()
+        st = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "tunepp_deploy/infer",
+                             "tunepp_deploy/predictors", "bench"], capture_output=True, text=True, check=True,
+                            timeout=30).stdout
+        out["modified"] = sorted(line[3:] for line in st.splitlines() if line.strip())
+    return out
 
 
 def _rss_kb_to_mb(kb: int) -> float:
@@ -340,6 +356,7 @@ def run_memory_bench(s: MemorySettings, log: Callable[[str], None] = print) -> d
     log(f"memory bench: grid {grid}, {windows} windows of {meta.window}, K = {k}, S = {s.samples}, "
         f"{n_params} parameters; (a) {s.memory_gb:g} GB, (b) {budget_b:g} GB")
     machine = machine_info(torch.device("cpu"), s.threads)
+    engine = engine_version()
     s.out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="tunepp_memory_") as tmpdir:
@@ -369,6 +386,7 @@ def run_memory_bench(s: MemorySettings, log: Callable[[str], None] = print) -> d
     result = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine,
+        "engine": engine,
         "settings": {
             **_jsonable(s), "config_name": cfg.name, "model_grid": list(grid), "raw_scan_shape": raw_shape,
             "raw_spacing_mm": raw_spacing, "window": list(meta.window), "windows": windows, "classes": k,
@@ -412,6 +430,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"{m['torch']} ({st['threads']} threads). Load average at start "
         f"{'/'.join(f'{x:.2f}' for x in m['loadavg_start'])}, at end {'/'.join(f'{x:.2f}' for x in m['loadavg_end'])}"
         " (shared machine: seconds are noisy, memory is not).",
+        f"Engine at commit `{(r.get('engine') or {}).get('commit')}`"
+        + (f", modified: {', '.join(r['engine']['modified'])}" if (r.get("engine") or {}).get("modified") else "")
+        + ".",
         "",
         f"Workload: `{st['config_name']}` config with a tiny random TUNE++ ({st['parameters']} parameters, widths "
         f"{st['widths']}, full_res_channels {st['full_res_channels']}), synthetic scan "

@@ -21,7 +21,8 @@ to the input grid (:func:`~tunepp_deploy.infer.case.to_input_grid` and the predi
 range(25)]``: S complete sliding-window passes of ``model.forward`` with one sample's masks each —
 the trunk recomputed for every sample and no sample batching. Each sample's predictive gets the same
 logit noise as the engine's (:func:`~tunepp_deploy.infer.logit_noise.sampled_softmax` with
-``draw_logit_noise(seed, range(S), noise_draws, K)``), the S stitched predictives are kept
+``draw_logit_noise(seed, range(S), noise_draws, K)``, the run's seed) and the engine's window grid
+and per-window masks (element-mode sites depend on the window's position), the S stitched predictives are kept
 (``S x K x V``, as the seed did) and turned into maps by the reference formula
 :func:`~tunepp_deploy.infer.uncertainty.maps_from_samples`; then the same resampling and report. So
 its total compares like for like with the engine's, and its maps must equal the engine's exactly
@@ -42,16 +43,16 @@ from tunepp_deploy.export.metadata import ModelMeta
 from tunepp_deploy.data.preprocess import preprocess_image
 from tunepp_deploy.infer.case import DEFAULT_FLAG_THRESHOLD, to_input_grid
 from tunepp_deploy.infer.logit_noise import draw_logit_noise, sampled_softmax
-from tunepp_deploy.infer.masks import SampleMasks
+from tunepp_deploy.infer.masks import SampleMasks, mask_alignment
 from tunepp_deploy.infer.mc import MCSettings, plan_calls
 from tunepp_deploy.infer.report import build_report
 from tunepp_deploy.infer.runners.base import Runner
 from tunepp_deploy.infer.sliding_window import count_windows, sliding_window
-from tunepp_deploy.infer.uncertainty import UncertaintyMaps, maps_from_samples
+from tunepp_deploy.infer.uncertainty import UncertaintyMaps, clamp_and_sum, maps_from_samples
 from tunepp_deploy.model.network import TUNEPP
 from tunepp_deploy.predictors.base import Prediction
 from tunepp_deploy.predictors.settings import RunSettings
-from tunepp_deploy.predictors.tunepp import TuneppPredictor, clamp_and_sum
+from tunepp_deploy.predictors.tunepp import TuneppPredictor
 
 from .probes import TimedRunner, synchronize
 
@@ -209,14 +210,16 @@ def run_naive(forward: EagerForward, scan: Scan, masks: SampleMasks, mc: MCSetti
     timed = TimedRunner(forward)
     batch = plan_calls(meta, 1, mc.max_batch, mc.memory_gb, None).windows_per_call
     k = meta.num_classes
-    noise = torch.from_numpy(draw_logit_noise(masks.seed or 0, range(masks.samples), mc.noise_draws, k))
+    noise = torch.from_numpy(draw_logit_noise(mc.seed, range(masks.samples), mc.noise_draws, k))  # the engine's
+    align = mask_alignment(meta.sites)  # element-mode masks: the engine's window grid and per-window masks
     probs = []
     for s in range(masks.samples):
-        def predictor(xb: torch.Tensor, s: int = s) -> list[torch.Tensor]:
-            logits, log_var = timed(xb, masks.rows([s], xb.shape[0], dev))
+        def predictor(xb: torch.Tensor, starts: list[tuple[int, ...]], s: int = s) -> list[torch.Tensor]:
+            logits, log_var = timed(xb, masks.rows([s], xb.shape[0], dev, starts=starts))
             return [sampled_softmax(logits, log_var, noise[[s]].expand(xb.shape[0], -1, -1))]
 
-        (p,) = sliding_window(x, predictor, meta.window, overlap=mc.overlap, batch=batch)
+        (p,) = sliding_window(x, predictor, meta.window, overlap=mc.overlap, batch=batch, align=align,
+                              with_starts=True)
         probs.append(p)
     synchronize(dev)
     t2 = time.perf_counter()
@@ -228,7 +231,7 @@ def run_naive(forward: EagerForward, scan: Scan, masks: SampleMasks, mc: MCSetti
     stages["stitching"] = max(0.0, (t2 - t1) - stages["network"])
     pred = Prediction(maps.mean_probs, prediction_maps(maps))
     end = _finish(pred, scan, meta.classes, stages, t3)
-    windows = count_windows(tuple(x.shape[1:]), meta.window, mc.overlap)
+    windows = count_windows(tuple(x.shape[1:]), meta.window, mc.overlap, align)
     return RunResult(stages, end - t0, windows, timed.calls, batch, 1, "naive loop", maps.mean_probs,
                      dict(pred.maps), {"sample_chunk": masks.samples, "sample_chunks": 1, "trunk": "per sample",
                                        "noise_draws": mc.noise_draws, "trunk_windows": timed.trunk_windows,
