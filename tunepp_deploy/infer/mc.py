@@ -44,6 +44,9 @@ from tunepp_deploy.infer.uncertainty import UncertaintyMaps, entropy
 Blend = Literal["auto", "sample", "window"]
 #: Share of the memory budget the trunk cache may take when samples run in several chunks.
 TRUNK_CACHE_SHARE = 0.25
+#: Share of the memory budget one runner call may take in the exact blend (the stitched chunk and the
+#: float64 statistics need the rest: on a 240x240x160 scan they are ~1.5 GB before the first sample).
+CALL_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,8 @@ def mc_predict(
     if settings.blend not in ("auto", "sample", "window"):
         raise TuneppError(f"unknown blend '{settings.blend}' (use auto, sample or window)")
     blend = "window" if settings.blend == "window" else "sample"
-    plan = plan_calls(meta, S, settings.max_batch, settings.memory_gb, runner.max_rows)
+    call_gb = settings.memory_gb * (CALL_SHARE if blend == "sample" else 1.0)
+    plan = plan_calls(meta, S, settings.max_batch, call_gb, runner.max_rows)
     noise = torch.from_numpy(draw_logit_noise(settings.seed, range(S), settings.noise_draws, K))
     temp = None if temperature is None else torch.tensor([float(t) for t in temperature], dtype=torch.float32)
     shape = tuple(int(n) for n in volume.shape[1:])
@@ -154,17 +158,19 @@ def mc_predict(
     chunk = S
     trunk = "once"
     cache_budget = 0
+    # the trunk outputs of every window, if the runner can cache them and they fit their share
+    n_win = count_windows(shape, meta.window, settings.overlap, align)
+    need = runner.trunk_bytes(n_win) if runner.splits else None
+    if need is not None and need <= TRUNK_CACHE_SHARE * settings.memory_gb * 2**30:
+        cache_budget = int(need)
     if blend == "sample" and settings.sample_chunk is not None:
         chunk = max(1, min(S, int(settings.sample_chunk)))
-        if chunk < S and runner.splits:
-            cache_budget = int(TRUNK_CACHE_SHARE * settings.memory_gb * 2**30)
     elif blend == "sample":
         chunk = plan_chunk(shape, meta.window, K, S, settings.memory_gb, call_bytes)
-        if chunk < S and runner.splits:
-            cache_budget = int(TRUNK_CACHE_SHARE * settings.memory_gb * 2**30)
+        if chunk < S and cache_budget:
             chunk = plan_chunk(shape, meta.window, K, S, settings.memory_gb, call_bytes + cache_budget)
     n_chunks = math.ceil(S / chunk)
-    use_cache = n_chunks > 1 and runner.splits
+    use_cache = n_chunks > 1 and cache_budget > 0
     cache: dict[int, tuple[torch.Tensor, ...]] = {}
     cache_bytes = 0
     state = {"ids": -1, "batch": 0}

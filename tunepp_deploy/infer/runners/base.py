@@ -50,6 +50,10 @@ class Runner(ABC):
         """Whether :meth:`trunk` / :meth:`head` can be called apart (torch); exported graphs run whole."""
         return False
 
+    def trunk_bytes(self, windows: int) -> int | None:
+        """Bytes of :meth:`trunk`'s outputs for ``windows`` windows (only where :attr:`splits`)."""
+        return None
+
     def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The deterministic trunk alone (only where :attr:`splits`)."""
         raise NotImplementedError(f"the {self.name} runner runs its graph whole")

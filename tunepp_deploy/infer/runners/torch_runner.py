@@ -8,6 +8,7 @@ kernels dominates; a captured graph per ``(B, R)`` shape removes it. CPU runs fp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -73,6 +74,10 @@ class TorchRunner(Runner):
         """Trunk and head can be called apart (so the MC engine can cache the trunk across sample
         chunks); not with CUDA graphs, which capture the whole call."""
         return not self.cuda_graphs
+
+    def trunk_bytes(self, windows: int) -> int:
+        """From the network's declared trunk output shapes (AMP halves them; counted as fp32)."""
+        return sum(math.prod(s) for s in self.net.trunk_output_shapes(tuple(self.meta.window), windows)) * 4
 
     @torch.inference_mode()
     def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
