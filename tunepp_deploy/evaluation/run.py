@@ -14,7 +14,7 @@ behind, and the others go on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from tunepp_deploy.data.layout import case_name, find_cases
-from tunepp_deploy.errors import DataError, TuneppError
+from tunepp_deploy.errors import DataError
 from tunepp_deploy.evaluation.cases import class_names, load_pair, max_truth_label, pair_cases
 from tunepp_deploy.evaluation.compute import CaseResult, EvalOptions, aggregate, evaluate_case
 from tunepp_deploy.evaluation.report import (
@@ -35,7 +35,7 @@ from tunepp_deploy.evaluation.report import (
     write_markdown,
     write_tables,
 )
-from tunepp_deploy.infer.batch import CASE_FAILURES, BatchResult, CaseCallback, check_output_dir, report_path
+from tunepp_deploy.infer.batch import BatchResult, CaseCallback, check_output_dir, run_batch
 from tunepp_deploy.predictors.settings import RunOptions
 
 
@@ -91,38 +91,6 @@ def evaluate_folders(
     return EvalResult(out, summary, files)
 
 
-def _predict_cases(
-    images: Sequence[Path], out: Path, infer_one: Callable[[Path], Path], overwrite: bool,
-    on_case: CaseCallback | None,
-) -> BatchResult:
-    """:func:`tunepp_deploy.infer.batch.run_batch`'s rules (resume, isolation) over a dataset's images."""
-    res = BatchResult()
-
-    def tell(name: str, status: str, message: str) -> None:
-        if on_case:
-            on_case(name, status, message)
-
-    for image in images:
-        name = case_name(image)
-        if report_path(out, name).exists() and not overwrite:
-            res.skipped.append(name)
-            tell(name, "skipped", "report exists")
-            continue
-        try:
-            res.reports[name] = infer_one(image)
-        except TuneppError as e:
-            res.failed.append((name, str(e)))
-        except CASE_FAILURES as e:  # a backend failure on one case: isolate it
-            lines = str(e).strip().splitlines()
-            res.failed.append((name, f"{type(e).__name__}: {lines[0][:200] if lines else ''}"))
-        else:
-            res.done.append(name)
-            tell(name, "done", str(res.reports[name]))
-            continue
-        tell(name, "failed", res.failed[-1][1])
-    return res
-
-
 def predict_dataset(
     model: Path, data: Path, out: Path, samples: int | None = None, seed: int | None = None,
     backend: str = "auto", device: str = "auto", use_temperature: bool = True, layout: str | None = None,
@@ -150,8 +118,8 @@ def predict_dataset(
         for c in cases:  # predictions are paired with the truth by name: they must agree
             if case_name(c.image) != c.name:
                 raise DataError(f"{c.image}: its output name {case_name(c.image)} differs from the case name {c.name}")
-        return _predict_cases([c.image for c in cases], out, lambda im: run_case(im, out, pr, case_opts),
-                              overwrite, on_case)
+        return run_batch([c.image for c in cases], out, lambda im: run_case(im, out, pr, case_opts), overwrite,
+                         on_case)
 
 
 __all__ = ["EvalResult", "evaluate_folders", "predict_dataset"]

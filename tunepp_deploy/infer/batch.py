@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tunepp_deploy.data.layout import case_name, list_images
-from tunepp_deploy.data.nifti import Volume, save_volume, write_atomic
+from tunepp_deploy.data.nifti import write_atomic
 from tunepp_deploy.errors import DataError, TuneppError
 
 #: ``on_case(name, status, message)`` with status ``done``, ``skipped`` or ``failed``.
@@ -104,39 +102,24 @@ class StageTimer:
         self._t = now
 
 
-def save_case(
-    paths: Mapping[str, Path], vol: Volume, seg: np.ndarray, maps: Mapping[str, np.ndarray],
-    map_names: Sequence[str], report: dict[str, Any], timer: StageTimer,
-) -> Path:
-    """Write a case the way every method does: ``seg`` (uint8) and the ``map_names`` maps (float32)
-    with ``vol``'s geometry, then the report **last** with the output names and the stage timing;
-    on any failure the files already written are removed (:func:`case_outputs`). Returns the report path."""
-    with case_outputs() as written:
-        written.append(save_volume(seg, vol, paths["seg"], dtype=np.uint8))
-        for m in map_names:
-            written.append(save_volume(maps[m], vol, paths[m], dtype=np.float32))
-        timer.lap("write")
-        outputs = {k: p.name for k, p in paths.items() if k != "report"}
-        write_report(paths["report"], {**report, "outputs": outputs, "timing_s": timer.seconds})
-    return paths["report"]
-
-
 def _one_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
 
 
 def run_batch(
-    inputs: Path,
+    inputs: Path | Sequence[Path],
     out_dir: Path,
     infer_one: Callable[[Path], Path],
     overwrite: bool = False,
     on_case: CaseCallback | None = None,
 ) -> BatchResult:
-    """Run ``infer_one`` on every scan under ``inputs`` (a file or a folder); module docstring for the rules."""
-    images = list_images(inputs)
+    """Run ``infer_one`` on every scan under ``inputs`` (a file, a folder, or a list of a dataset's images,
+    whose failures are always isolated); module docstring for the rules."""
+    listed = not isinstance(inputs, (str, Path))
+    images = [Path(p) for p in inputs] if listed else list_images(inputs)  # type: ignore[arg-type]
     check_output_dir(out_dir)
-    single = Path(inputs).is_file()
+    single = not listed and Path(inputs).is_file()  # type: ignore[arg-type]
     res = BatchResult()
 
     def tell(name: str, status: str, message: str) -> None:
@@ -178,6 +161,5 @@ __all__ = [
     "check_output_dir",
     "report_path",
     "run_batch",
-    "save_case",
     "write_report",
 ]

@@ -30,6 +30,19 @@ from tunepp_deploy.config.schema import IntensityConfig, TuneppConfig
 Progress = Callable[[int, int], None]
 
 
+def counting(progress: Progress | None, total: int) -> Callable[[int], None]:
+    """A ``step(n)`` that adds ``n`` units of work and reports ``progress(done, total)``."""
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    return step
+
+
 @dataclass
 class Prediction:
     """One volume's result on the model grid.
@@ -109,4 +122,4 @@ class Predictor(ABC):
         self.close()
 
 
-__all__ = ["Prediction", "Predictor", "Progress"]
+__all__ = ["Prediction", "Predictor", "Progress", "counting"]

@@ -51,7 +51,7 @@ from tunepp_deploy.methods.saliency.fusion import DEFAULT_FUSION_WEIGHT, fuse, m
 from tunepp_deploy.methods.saliency.gradcam import BOTTLENECK, resolve_target, seg_grad_cam
 from tunepp_deploy.model import TUNEPP
 from tunepp_deploy.model_file import model_kind
-from tunepp_deploy.predictors.base import Prediction, Predictor, Progress
+from tunepp_deploy.predictors.base import Prediction, Predictor, Progress, counting
 from tunepp_deploy.predictors.settings import RunOptions, RunSettings, resolve
 
 MAP_NAMES = ("fused", "saliency_variance", "predictive_variance")
@@ -162,13 +162,7 @@ class SaliencyPredictor(Predictor):
         vol = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
         windows = count_windows(image.shape, self.window, s.overlap, self.align)
         chunk = self.sample_chunk(image.shape)
-        done = 0
-
-        def step(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress is not None:
-                progress(done, windows * s.samples)
+        step = counting(progress, windows * s.samples)
 
         stats = SaliencyStats()
         for _ids, (p, c) in stream_chunks(vol, self._chunk, self.window, s.samples, chunk, s.overlap, s.max_batch,

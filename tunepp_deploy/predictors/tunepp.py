@@ -20,7 +20,7 @@ from tunepp_deploy.infer.mc import MCSettings, mc_predict
 from tunepp_deploy.infer.runners.base import Runner
 from tunepp_deploy.infer.sliding_window import count_windows
 from tunepp_deploy.infer.uncertainty import clamp_and_sum
-from tunepp_deploy.predictors.base import Prediction, Predictor, Progress
+from tunepp_deploy.predictors.base import Prediction, Predictor, Progress, counting
 from tunepp_deploy.predictors.settings import RunSettings
 
 DEFINITIONS = ("see tunepp_deploy/infer/uncertainty.py: p_s = mean_t softmax(z_s + sigma_s eps_t); "
@@ -56,15 +56,8 @@ class TuneppPredictor(Predictor):
 
     def predict(self, image: np.ndarray, progress: Progress | None = None) -> Prediction:
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(self.device)
-        done = 0
-        total = count_windows(image.shape, self.window, self.mc.overlap, mask_alignment(self.meta.sites))
-        total *= self.mc.samples
-
-        def step(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress is not None:
-                progress(done, total)
+        windows = count_windows(image.shape, self.window, self.mc.overlap, mask_alignment(self.meta.sites))
+        step = counting(progress, windows * self.mc.samples)
 
         res = mc_predict(x, self.runner, self.masks, self.mc, progress=step, temperature=self.temperature)
         m = res.maps

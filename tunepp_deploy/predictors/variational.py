@@ -34,7 +34,7 @@ from tunepp_deploy.infer.sliding_window import count_windows
 from tunepp_deploy.infer.uncertainty import clamp_and_sum
 from tunepp_deploy.methods.variational.noise import sample_weight_noise
 from tunepp_deploy.methods.variational.runners import INPUT, OUTPUT, VariationalGraph, open_variational_runner
-from tunepp_deploy.predictors.base import Prediction, Predictor, Progress
+from tunepp_deploy.predictors.base import Prediction, Predictor, Progress, counting
 from tunepp_deploy.predictors.settings import RunOptions, RunSettings, resolve
 
 MAP_NAMES = ("aleatoric", "epistemic", "total")
@@ -91,13 +91,7 @@ class VariationalPredictor(Predictor):
         vol = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
         windows = count_windows(image.shape, self.window, s.overlap)
         chunk = self.sample_chunk(image.shape)
-        done = 0
-
-        def step(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress is not None:
-                progress(done, windows * s.samples)
+        step = counting(progress, windows * s.samples)
 
         stats = SampleStats()
         for _ids, (p,) in stream_chunks(vol, self._chunk, self.window, s.samples, chunk, s.overlap, s.max_batch,
