@@ -26,7 +26,7 @@ from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.infer.runners.graph import GraphRunner
 from tunepp_deploy.infer.sliding_window import count_windows, sliding_window
 from tunepp_deploy.methods.segwithu.runner import INPUT, open_segwithu_runner
-from tunepp_deploy.predictors.base import Prediction, Predictor, Progress
+from tunepp_deploy.predictors.base import Prediction, Predictor, Progress, counting
 from tunepp_deploy.predictors.settings import RunOptions, RunSettings, resolve
 
 MAP_NAMES = ("temperature", "calibration", "ranking")
@@ -54,16 +54,8 @@ class SegWithUPredictor(Predictor):
         s = self.settings
         vol = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
         windows = count_windows(image.shape, self.window, s.overlap)
-        done = 0
-
-        def step(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress is not None:
-                progress(done, windows)
-
         p, t, uc, ur = sliding_window(vol, self._window, self.window, overlap=s.overlap, batch=s.max_batch,
-                                      progress=step)
+                                      progress=counting(progress, windows))
         return Prediction(p, {"temperature": t[0], "calibration": uc[0], "ranking": ur[0]},
                           {"samples": 1, "windows": windows, "overlap": s.overlap})
 
