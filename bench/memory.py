@@ -28,10 +28,11 @@ the sample chunk, how the trunk ran (``once`` / ``cached`` / ``recomputed``), ru
 The parent compares the two runs' maps (max |diff| over the probabilities and every map: both are the
 exact blend, so it must be round-off, ~1e-6) and writes ``memory[_TAG].json`` and ``.md`` atomically.
 
-**Runner calls** are capped at ``--max-rows`` rows (default 4) in *both* runs, so (a) and (b) differ
-only in the chunking. Without a cap the engine plans 19-row calls at 4 GB (19 x 0.21 GB of
-activations for a 96^3 window — the whole budget) and then refuses the exact blend of the Synapse
-grid: ``--max-rows 0`` runs the engine's own plan and records that refusal.
+**Runner calls.** The engine sizes a call to a share of the budget (``infer/mc.py: CALL_SHARE``) and
+the runner's row cap; (b)'s larger budget would give it larger calls. So with ``--max-rows N`` (default
+4) both runs get (a)'s call size — (a)'s plan under a cap of N rows — and differ only in the chunking.
+``--max-rows 0`` leaves the engine's own plan in both runs (recorded; ``same_call_plan`` says whether
+they matched). Each run records the plan the engine actually made.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class RunSpec:
     settings: dict[str, Any]
     maps_path: str
     result_path: str
+    rows_cap: int = 0  # rows per runner call (0: the runner's own cap)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -137,17 +139,23 @@ def build_model(s: MemorySettings):
     return net, cfg, meta_for(net, cfg)
 
 
+def call_share() -> float:
+    """The share of the budget the engine gives one runner call in the exact blend (1 where it has none)."""
+    from tunepp_deploy.infer import mc
+
+    return float(getattr(mc, "CALL_SHARE", 1.0))
+
+
 def memory_model(shape: Sequence[int], window: Sequence[int], classes: int, chunk: int, call_bytes: int,
                  cache_bytes: float = 0.0) -> dict[str, float]:
     """The engine's own accounting (the terms of :func:`~tunepp_deploy.infer.sampling.plan_chunk`), GB."""
-    from tunepp_deploy.infer.moments import SLAB_BYTES
-    from tunepp_deploy.infer.sampling import STATS_EXTRA_MAPS
+    from tunepp_deploy.infer.sampling import STATS_EXTRA_MAPS, slab_bytes
 
     v = math.prod(max(int(a), int(w)) for a, w in zip(shape, window, strict=True))
     gb = 2.0**30
     terms = {
         "stats_gb": (classes + STATS_EXTRA_MAPS) * 8 * v / gb,
-        "stats_slabs_gb": 4 * SLAB_BYTES / gb,
+        "stats_slabs_gb": slab_bytes(classes, v) / gb,
         "chunk_gb": chunk * 2 * 4 * classes * v / gb,
         "runner_calls_gb": call_bytes / gb,
         "trunk_cache_gb": cache_bytes / gb,
@@ -208,18 +216,14 @@ def run_child(spec: RunSpec) -> dict[str, Any]:
     del scan
     x = torch.from_numpy(pre)[None]
     base = TorchRunner(net, meta, torch.device("cpu"))
-    runner = RowCapRunner(base, s.max_rows) if s.max_rows else base
+    runner = RowCapRunner(base, spec.rows_cap) if spec.rows_cap else base
     kw = {} if s.noise_draws is None else {"noise_draws": s.noise_draws}
     mc = MCSettings(samples=s.samples, seed=cfg.infer.seed, overlap=cfg.infer.overlap, max_batch=cfg.infer.max_batch,
                     memory_gb=spec.memory_gb, **kw)
-    plan = plan_calls(meta, s.samples, mc.max_batch, mc.memory_gb, runner.max_rows)
-    call_bytes = plan.windows_per_call * plan.samples_per_call * plan.row_bytes
     masks = sample_masks(meta.sites, meta.window, s.samples, mc.seed)
     rec: dict[str, Any] = {
         "label": spec.label, "memory_gb": spec.memory_gb, "model_grid": list(pre.shape),
-        "runner": runner.describe(), "windows_per_call": plan.windows_per_call,
-        "samples_per_call": plan.samples_per_call, "row_bytes": plan.row_bytes, "call_bytes": call_bytes,
-        "noise_draws": mc.noise_draws, "torch_threads": torch.get_num_threads(),
+        "runner": runner.describe(), "noise_draws": mc.noise_draws, "torch_threads": torch.get_num_threads(),
         "loadavg_start": list(os.getloadavg()), **spec.extra,
     }
     t0 = time.perf_counter()
@@ -237,6 +241,12 @@ def run_child(spec: RunSpec) -> dict[str, Any]:
     )
     # the kernel's high-water mark and psutil's samples are read differently (a few KiB apart): the larger
     rec["peak_rss_mb"] = max(rec["ru_maxrss_mb"], rec["mc_peak_rss_mb"])
+    # the call plan the engine made (what it would have made, when it refused the run)
+    plan = res.plan if res is not None else plan_calls(meta, s.samples, mc.max_batch, mc.memory_gb * call_share(),
+                                                       runner.max_rows)
+    call_bytes = plan.windows_per_call * plan.samples_per_call * plan.row_bytes
+    rec.update(windows_per_call=plan.windows_per_call, samples_per_call=plan.samples_per_call,
+               row_bytes=plan.row_bytes, call_bytes=call_bytes)
     if res is not None:
         m = res.maps
         maps = {n: getattr(m, n).float().numpy() for n in MAP_NAMES}
@@ -341,13 +351,14 @@ def run_memory_bench(s: MemorySettings, log: Callable[[str], None] = print) -> d
     raw_shape = [max(1, round(v / f)) for v, f in zip(s.volume, RAW_SPACING_FACTOR, strict=True)]
     grid = resampled_shape(tuple(raw_shape), tuple(raw_spacing), meta.spacing)
     rows = min(CPU_ROWS_PER_CALL, s.max_rows) if s.max_rows else CPU_ROWS_PER_CALL
-    plan = plan_calls(meta, s.samples, cfg.infer.max_batch, s.memory_gb, rows)
+    # (a)'s call plan as the engine makes it; with --max-rows both runs are capped to (a)'s call size, so they
+    # differ only in the chunking (the engine would give (b)'s larger budget larger calls)
+    plan = plan_calls(meta, s.samples, cfg.infer.max_batch, s.memory_gb * call_share(), rows)
+    cap = plan.windows_per_call * plan.samples_per_call if s.max_rows else 0
     call_bytes = plan.windows_per_call * plan.samples_per_call * plan.row_bytes
     k = meta.num_classes
     # (b) never below (a)'s budget: if (a) already holds all S, the two runs are the same design (noted)
     budget_b = max(s.memory_gb, all_samples_budget(grid, meta.window, k, s.samples, call_bytes))
-    plan_b = plan_calls(meta, s.samples, cfg.infer.max_batch, budget_b, rows)
-    same_plan = (plan_b.windows_per_call, plan_b.samples_per_call) == (plan.windows_per_call, plan.samples_per_call)
     try:
         planned_a = plan_chunk(grid, meta.window, k, s.samples, s.memory_gb, call_bytes)
     except Exception as e:
@@ -370,13 +381,16 @@ def run_memory_bench(s: MemorySettings, log: Callable[[str], None] = print) -> d
                 if "reused_from" in runs[label]:
                     maps[label] = s.reuse / f"{label}.npz"  # type: ignore[operator]
                 continue
-            spec = RunSpec(label, gb, _jsonable(s), str(store / f"{label}.npz"), str(store / f"{label}.json"))
+            spec = RunSpec(label, gb, _jsonable(s), str(store / f"{label}.npz"), str(store / f"{label}.json"), cap)
             runs[label] = _spawn(spec, Path(tmpdir), s.timeout_s, log)
             maps[label] = store / f"{label}.npz"
         a, b = runs["streamed"], runs["per_sample"]
         ok = "error" not in a and "error" not in b and all(m.is_file() for m in maps.values()) and len(maps) == 2
         diff = compare_maps(maps["streamed"], maps["per_sample"]) if ok else None
     machine["loadavg_end"] = list(os.getloadavg())
+
+    plans = [(r.get("windows_per_call"), r.get("samples_per_call")) for r in (a, b)]
+    same_plan = plans[0] == plans[1] and None not in plans[0]
 
     def ratio(key: str) -> float | None:
         if a.get(key) and b.get(key):
@@ -393,9 +407,9 @@ def run_memory_bench(s: MemorySettings, log: Callable[[str], None] = print) -> d
             "overlap": cfg.infer.overlap, "dropout_sites": [x.name for x in meta.sites], "parameters": n_params,
             "tiny_model_overrides": {**TINY_MODEL, "model.widths": list(s.widths),
                                      "model.full_res_channels": s.full_res_channels},
-            "rows_cap": rows, "call_plan": {"windows_per_call": plan.windows_per_call,
-                                            "samples_per_call": plan.samples_per_call,
-                                            "call_bytes": call_bytes, "row_bytes": plan.row_bytes},
+            "rows_cap": cap or rows, "call_share": call_share(),
+            "call_plan": {"windows_per_call": plan.windows_per_call, "samples_per_call": plan.samples_per_call,
+                          "call_bytes": call_bytes, "row_bytes": plan.row_bytes},
             "same_call_plan": same_plan, "per_sample_memory_gb": budget_b,
             "planned_chunk_streamed_without_cache": planned_a,
         },

@@ -22,6 +22,9 @@ benchmark splits it from the outside instead of adding timing code to the engine
 * :class:`RowCapRunner` lowers a runner's :attr:`~Runner.max_rows`, so the engine plans smaller
   calls (the memory benchmark gives two runs the same call plan with it).
 
+Every wrapper passes :attr:`~Runner.splits` and :meth:`~Runner.trunk_bytes` through, so the engine
+plans the wrapped runner exactly as the bare one (trunk cache included).
+
 Host memory: ``ru_maxrss`` is a high-water mark for the whole process lifetime and cannot be reset,
 so it cannot attribute a peak to one configuration measured after a bigger one. :class:`RssSampler`
 instead polls ``psutil`` RSS from a thread every few milliseconds while one configuration runs;
@@ -79,6 +82,9 @@ class TimedRunner(Runner):
     @property
     def splits(self) -> bool:
         return self.inner.splits
+
+    def trunk_bytes(self, windows: int) -> int | None:
+        return self.inner.trunk_bytes(windows)
 
     def describe(self) -> str:
         return self.inner.describe()
@@ -165,6 +171,9 @@ class RowCapRunner(Runner):
     @property
     def splits(self) -> bool:
         return self.inner.splits
+
+    def trunk_bytes(self, windows: int) -> int | None:
+        return self.inner.trunk_bytes(windows)
 
     def describe(self) -> str:
         return f"{self.inner.describe()}, <= {self.max_rows} rows per call"
