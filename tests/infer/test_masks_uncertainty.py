@@ -106,11 +106,13 @@ def test_blends_agree_on_one_window_and_window_blend_moves_aleatoric_to_epistemi
     assert (b.epistemic > a.epistemic + 1e-6).any()
 
 
-def test_sample_chunking_changes_nothing(fake: _FakeRunner) -> None:
+def test_rows_per_call_change_nothing(fake: _FakeRunner) -> None:
+    """Fewer rows per runner call (a tight budget) give the same maps; the per-window blend uses the whole
+    budget for calls, so it is where a tiny budget splits a window's samples over several calls."""
     vol = torch.rand(1, 20, 18, 17, generator=torch.Generator().manual_seed(1))
     m = sample_masks(SITES, (16, 16, 16), 5, seed=2)
-    full = mc_predict(vol, fake, m, MCSettings(samples=5))
-    tiny_budget = MCSettings(samples=5, memory_gb=3 * 16**3 * 4 * (8 * 4 + 3 * 5 + 4) / 2**30)  # ~3 rows per call
-    chunked = mc_predict(vol, fake, m, tiny_budget)
+    full = mc_predict(vol, fake, m, MCSettings(samples=5, blend="window"))
+    rows3 = 3 * 16**3 * 4 * (8 * 8 + 3 * 5 + 4) / 2**30  # ~3 rows of the phantom config's row estimate per call
+    chunked = mc_predict(vol, fake, m, MCSettings(samples=5, blend="window", memory_gb=rows3))
     assert chunked.plan.samples_per_call < 5 and chunked.calls > full.calls
     assert torch.allclose(full.maps.stacked(), chunked.maps.stacked(), atol=1e-6)

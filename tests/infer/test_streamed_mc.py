@@ -74,7 +74,7 @@ def test_streamed_equals_per_sample_blend_for_any_chunk(fake: _NoisyFake, chunk:
 def test_budget_picks_chunks_and_refuses_what_cannot_fit(fake: _NoisyFake) -> None:
     v = 240 * 240 * 160
     # float32 chunk (+ its normalised copy) per sample; float64 stats + input/norm/importance + slab temporaries
-    per_sample, fixed = 2 * 4 * 9 * v, (9 + 2) * 8 * v + 12 * v + 4 * SLAB_BYTES
+    per_sample, fixed = 2 * 4 * 9 * v, (9 + 2) * 8 * v + 12 * v + 4 * min(SLAB_BYTES, 9 * 8 * v)
     assert plan_chunk((240, 240, 160), (96, 96, 96), 9, 25, (fixed + 3 * per_sample + 100) / 2**30) == 3
     assert plan_chunk((240, 240, 160), (96, 96, 96), 9, 25, 100.0) == 25
     assert plan_chunk((240, 240, 160), (96, 96, 96), 9, 25, (fixed + 3 * per_sample + 100) / 2**30,

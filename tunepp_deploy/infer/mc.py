@@ -161,8 +161,8 @@ def mc_predict(
     # the trunk outputs of every window, if the runner can cache them and they fit their share
     n_win = count_windows(shape, meta.window, settings.overlap, align)
     need = runner.trunk_bytes(n_win) if runner.splits else None
-    if need is not None and need <= TRUNK_CACHE_SHARE * settings.memory_gb * 2**30:
-        cache_budget = int(need)
+    if need is not None:  # all window batches if they fit their share, else as many as do
+        cache_budget = int(min(need, TRUNK_CACHE_SHARE * settings.memory_gb * 2**30))
     if blend == "sample" and settings.sample_chunk is not None:
         chunk = max(1, min(S, int(settings.sample_chunk)))
     elif blend == "sample":
@@ -187,7 +187,7 @@ def mc_predict(
         return sampled_softmax(logits, log_var, eps).view(len(sub), b, K, *x.shape[2:])
 
     def trunk_of(x: torch.Tensor, ids: Sequence[int]) -> tuple[torch.Tensor, ...] | None:
-        nonlocal cache_bytes, trunk
+        nonlocal cache_bytes
         if not runner.splits:
             return None
         if state["ids"] != ids[0]:
@@ -202,9 +202,6 @@ def mc_predict(
             if cache_bytes + size <= cache_budget:
                 cache[i] = feats
                 cache_bytes += size
-                trunk = "cached"
-            else:
-                trunk = "recomputed"
         return feats
 
     def per_sample(x: torch.Tensor, ids: Sequence[int], starts: Sequence[tuple[int, ...]] | None) -> list[torch.Tensor]:
@@ -240,8 +237,9 @@ def mc_predict(
             stats.add(out)
         else:
             stats.add_moments(out[0, :K], out[0, K], out[0, K + 1], S)
-    if n_chunks > 1 and not runner.splits:
-        trunk = "recomputed"
+    if n_chunks > 1:  # a one-graph runner, or a trunk too big to cache, recomputes (some of) it per chunk
+        batches = math.ceil(n_win / plan.windows_per_call)
+        trunk = "cached" if len(cache) == batches else ("partly cached" if cache else "recomputed")
     if runner.device.type == "cuda":
         torch.cuda.synchronize(runner.device)
     return MCResult(stats.maps(), blend, count_windows(shape, meta.window, settings.overlap, align), calls, plan,

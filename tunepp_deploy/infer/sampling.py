@@ -48,6 +48,11 @@ def sample_chunks(samples: int, chunk: int) -> list[list[int]]:
 RAISE_BUDGET = "raise --memory-gb or choose --blend window (an approximation)"
 
 
+def slab_bytes(channels: int, voxels: int) -> int:
+    """What :meth:`SampleStats.add`'s float64 temporaries take at most: ~4 slabs, never more than the volume's."""
+    return 4 * min(SLAB_BYTES, channels * 8 * int(voxels))
+
+
 def plan_chunk(
     shape: Sequence[int], window: Sequence[int], channels: int, samples: int, memory_gb: float,
     reserved_bytes: int = 0, per_sample_bytes: int = 0, hint: str = RAISE_BUDGET,
@@ -61,7 +66,7 @@ def plan_chunk(
     ``(K + 2) x 8 x V`` plus the accumulator's slab temporaries.
     """
     v = math.prod(max(int(s), int(w)) for s, w in zip(shape, window, strict=True))
-    fixed = (channels + STATS_EXTRA_MAPS) * 8 * v + 3 * 4 * v + 4 * SLAB_BYTES  # + input, norm, importance
+    fixed = (channels + STATS_EXTRA_MAPS) * 8 * v + 3 * 4 * v + slab_bytes(channels, v)  # + input, norm, importance
     per_sample = 2 * 4 * channels * v + int(per_sample_bytes)
     budget = int(memory_gb * 2**30) - fixed - int(reserved_bytes)
     n = budget // per_sample
@@ -114,5 +119,5 @@ def stream_chunks(
         yield ids, [s.view(m, s.shape[0] // m, *s.shape[1:]) for s, m in zip(stitched, leading, strict=True)]
 
 
-__all__ = ["RAISE_BUDGET", "STATS_EXTRA_MAPS", "ChunkPredictor", "plan_chunk", "sample_chunks",
+__all__ = ["RAISE_BUDGET", "STATS_EXTRA_MAPS", "ChunkPredictor", "plan_chunk", "sample_chunks", "slab_bytes",
            "stream_chunks"]
