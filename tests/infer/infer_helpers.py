@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 
 from tunepp_deploy.data.phantom import generate_case
+from tunepp_deploy.infer.runners.base import Runner
 
 
 def write_scan(path: Path, shape=(40, 36, 30), spacing=(2.0, 2.0, 2.5), affine: np.ndarray | None = None,
@@ -23,3 +26,19 @@ def write_scan(path: Path, shape=(40, 36, 30), spacing=(2.0, 2.0, 2.5), affine: 
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, str(path))
     return path
+
+
+class FakeRunner(Runner):
+    """Logits depend on the voxel, the window's mean (so overlapping windows disagree) and the masks;
+    the log-variance is ``-3`` or, with ``varying_log_var``, ``4 x - 2`` (so the logit noise matters)."""
+
+    name = "fake"
+    varying_log_var = False
+
+    def infer(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = masks[0].shape[0]
+        s = masks[0].mean(1).view(rows, 1, 1, 1, 1)
+        xr = x.repeat(rows // x.shape[0], 1, 1, 1, 1)
+        k = torch.arange(self.meta.num_classes, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        logits = (3 * xr + 4 * xr.mean(dim=(2, 3, 4), keepdim=True)) * k * s - k
+        return logits, (4 * xr - 2.0 if self.varying_log_var else torch.full_like(xr, -3.0))

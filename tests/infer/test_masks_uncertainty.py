@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from infer_helpers import FakeRunner
 
 from tunepp_deploy.infer.masks import identity_masks, sample_masks
 from tunepp_deploy.infer.mc import MCSettings, mc_predict
-from tunepp_deploy.infer.runners.base import Runner
 from tunepp_deploy.infer.uncertainty import epistemic_variance, maps_from_samples
 from tunepp_deploy.model.blocks.dropout import DropoutSite
 
@@ -66,29 +65,15 @@ def test_epistemic_variance_is_population_variance() -> None:
     assert np.allclose(epistemic_variance(probs).numpy(), ref, atol=1e-6)
 
 
-class _FakeRunner(Runner):
-    """logits depend on the voxel, the window's mean (so overlapping windows disagree) and the masks."""
-
-    name = "fake"
-
-    def infer(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = masks[0].shape[0]
-        s = masks[0].mean(1).view(rows, 1, 1, 1, 1)
-        xr = x.repeat(rows // x.shape[0], 1, 1, 1, 1)
-        k = torch.arange(self.meta.num_classes, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        logits = (3 * xr + 4 * xr.mean(dim=(2, 3, 4), keepdim=True)) * k * s - k
-        return logits, torch.full_like(xr, -3.0)
-
-
 @pytest.fixture
-def fake(cfg) -> _FakeRunner:
+def fake(cfg) -> FakeRunner:
     from tunepp_deploy.export.metadata import ModelMeta
 
     meta = ModelMeta(cfg, (16, 16, 16), SITES)
-    return _FakeRunner(meta, torch.device("cpu"))
+    return FakeRunner(meta, torch.device("cpu"))
 
 
-def test_blends_agree_on_one_window_and_window_blend_moves_aleatoric_to_epistemic(fake: _FakeRunner) -> None:
+def test_blends_agree_on_one_window_and_window_blend_moves_aleatoric_to_epistemic(fake: FakeRunner) -> None:
     g = torch.Generator().manual_seed(0)
     one = torch.rand(1, 16, 16, 16, generator=g)
     m = sample_masks(SITES, (16, 16, 16), 6, seed=0)
@@ -106,7 +91,7 @@ def test_blends_agree_on_one_window_and_window_blend_moves_aleatoric_to_epistemi
     assert (b.epistemic > a.epistemic + 1e-6).any()
 
 
-def test_rows_per_call_change_nothing(fake: _FakeRunner) -> None:
+def test_rows_per_call_change_nothing(fake: FakeRunner) -> None:
     """Fewer rows per runner call (a tight budget) give the same maps; the per-window blend uses the whole
     budget for calls, so it is where a tiny budget splits a window's samples over several calls."""
     vol = torch.rand(1, 20, 18, 17, generator=torch.Generator().manual_seed(1))

@@ -4,11 +4,11 @@ brute-force Monte Carlo of the logit noise, and the law of total variance."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 import pytest
 import torch
+from infer_helpers import FakeRunner
 from tunepp_deploy.export.metadata import ModelMeta, meta_for
 
 from tunepp_deploy.errors import TuneppError
@@ -28,18 +28,10 @@ SITES = (DropoutSite("dec1", 16, 0.2, "channel", (4, 4, 4)), DropoutSite("dec0",
 WIN = (16, 16, 16)
 
 
-class _NoisyFake(Runner):
-    """Logits depend on the voxel, the window's mean and the masks; log-variance varies over the window."""
+class _NoisyFake(FakeRunner):
+    """The shared fake runner with a log-variance that varies over the window."""
 
-    name = "fake"
-
-    def infer(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = masks[0].shape[0]
-        s = masks[0].mean(1).view(rows, 1, 1, 1, 1)
-        xr = x.repeat(rows // x.shape[0], 1, 1, 1, 1)
-        k = torch.arange(self.meta.num_classes, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        logits = (3 * xr + 4 * xr.mean(dim=(2, 3, 4), keepdim=True)) * k * s - k
-        return logits, 4 * xr - 2.0
+    varying_log_var = True
 
 
 @pytest.fixture
