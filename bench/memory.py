@@ -224,7 +224,7 @@ def run_child(spec: RunSpec) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "label": spec.label, "memory_gb": spec.memory_gb, "model_grid": list(pre.shape),
         "runner": runner.describe(), "noise_draws": mc.noise_draws, "torch_threads": torch.get_num_threads(),
-        "loadavg_start": list(os.getloadavg()), **spec.extra,
+        "loadavg_start": list(os.getloadavg()), "engine": engine_version(), **spec.extra,
     }
     t0 = time.perf_counter()
     with RssSampler() as rss:
@@ -340,7 +340,8 @@ def run_memory_bench(s: MemorySettings, log: Callable[[str], None] = print) -> d
     from .mc_bench import machine_info
     from .workload import RAW_SPACING_FACTOR
 
-    if s.samples < 1 or s.memory_gb <= 0 or s.max_rows < 0 or not s.runs or any(r not in RUNS for r in s.runs):
+    if s.samples < 1 or s.memory_gb <= 0 or s.max_rows < 0 or (not s.runs and s.reuse is None) \
+            or any(r not in RUNS for r in s.runs):
         from tunepp_deploy.errors import TuneppError
 
         raise TuneppError(f"--samples must be >= 1, --memory-gb > 0, --max-rows >= 0 and --runs in {', '.join(RUNS)}")
@@ -388,6 +389,8 @@ def run_memory_bench(s: MemorySettings, log: Callable[[str], None] = print) -> d
         ok = "error" not in a and "error" not in b and all(m.is_file() for m in maps.values()) and len(maps) == 2
         diff = compare_maps(maps["streamed"], maps["per_sample"]) if ok else None
     machine["loadavg_end"] = list(os.getloadavg())
+    if not s.runs:  # only re-rendered here: the engine is the one the reused runs ran at
+        engine = {**(a.get("engine") or {"commit": None}), "reused": True}
 
     plans = [(r.get("windows_per_call"), r.get("samples_per_call")) for r in (a, b)]
     same_plan = plans[0] == plans[1] and None not in plans[0]
@@ -477,8 +480,9 @@ def markdown(r: dict[str, Any]) -> str:
         if "error" in run:
             lines.append(f"\n{label}: **{run['error']}**")
         if "reused_from" in run:
+            eng = (run.get("engine") or {}).get("commit") or "not recorded"
             lines.append(f"\n{label}: reused from `{run['reused_from']}` (an earlier run of the same workload and "
-                         "call plan; its load average and seconds are that run's).")
+                         f"call plan, engine `{eng}`; its load average and seconds are that run's).")
     d = r["maps_max_abs_diff"]
     if (a_chunk := r["runs"]["streamed"].get("sample_chunk")) and a_chunk >= st["samples"]:
         lines.append(f"\nNote: the streamed run held all {st['samples']} samples in one chunk at "
