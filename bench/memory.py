@@ -147,7 +147,7 @@ def call_share() -> float:
 
 
 def memory_model(shape: Sequence[int], window: Sequence[int], classes: int, chunk: int, call_bytes: int,
-                 cache_bytes: float = 0.0) -> dict[str, float]:
+                 cache_bytes: float = 0.0, per_sample_bytes: int = 0) -> dict[str, float]:
     """The engine's own accounting (the terms of :func:`~tunepp_deploy.infer.sampling.plan_chunk`), GB."""
     from tunepp_deploy.infer.sampling import STATS_EXTRA_MAPS, slab_bytes
 
@@ -157,6 +157,7 @@ def memory_model(shape: Sequence[int], window: Sequence[int], classes: int, chun
         "stats_gb": (classes + STATS_EXTRA_MAPS) * 8 * v / gb,
         "stats_slabs_gb": slab_bytes(classes, v) / gb,
         "chunk_gb": chunk * 2 * 4 * classes * v / gb,
+        "chunk_window_outputs_gb": chunk * per_sample_bytes / gb,
         "runner_calls_gb": call_bytes / gb,
         "trunk_cache_gb": cache_bytes / gb,
         "volume_norm_importance_gb": 3 * 4 * v / gb,
@@ -166,13 +167,13 @@ def memory_model(shape: Sequence[int], window: Sequence[int], classes: int, chun
 
 
 def all_samples_budget(shape: Sequence[int], window: Sequence[int], classes: int, samples: int,
-                       call_bytes: int) -> float:
+                       call_bytes: int, per_sample_bytes: int = 0) -> float:
     """The smallest budget (GB, rounded up to 0.01) at which ``plan_chunk`` returns all ``samples``."""
     from tunepp_deploy.infer.sampling import plan_chunk
 
-    need = memory_model(shape, window, classes, samples, call_bytes)["total_gb"]
+    need = memory_model(shape, window, classes, samples, call_bytes, per_sample_bytes=per_sample_bytes)["total_gb"]
     gb = math.ceil(need * 100 + 1e-9) / 100
-    while plan_chunk(shape, window, classes, samples, gb, call_bytes) < samples:  # round-off guard
+    while plan_chunk(shape, window, classes, samples, gb, call_bytes, per_sample_bytes) < samples:  # round-off
         gb += 0.01
     return round(gb, 2)
 
@@ -202,7 +203,7 @@ def run_child(spec: RunSpec) -> dict[str, Any]:
 
     from tunepp_deploy.data.preprocess import preprocess_image
     from tunepp_deploy.infer.masks import sample_masks
-    from tunepp_deploy.infer.mc import MCSettings, mc_predict, plan_calls
+    from tunepp_deploy.infer.mc import MCSettings, mc_predict, plan_calls, window_output_bytes
     from tunepp_deploy.infer.runners.torch_runner import TorchRunner
 
     from .probes import RowCapRunner, RssSampler
@@ -256,7 +257,8 @@ def run_child(spec: RunSpec) -> dict[str, Any]:
             sample_chunk=res.sample_chunk, sample_chunks=int(res.extra["sample_chunks"]), trunk=res.trunk,
             trunk_cache_bytes=int(res.extra["trunk_cache_bytes"]),
             engine_model=memory_model(pre.shape, meta.window, meta.num_classes, res.sample_chunk, call_bytes,
-                                      res.extra["trunk_cache_bytes"]),
+                                      res.extra["trunk_cache_bytes"],
+                                      window_output_bytes(meta, plan.windows_per_call)),
         )
     Path(spec.result_path).write_text(json.dumps(rec, indent=2))
     return rec
@@ -332,7 +334,7 @@ def run_memory_bench(s: MemorySettings, log: Callable[[str], None] = print) -> d
     import torch
 
     from tunepp_deploy.data.preprocess import resampled_shape
-    from tunepp_deploy.infer.mc import plan_calls
+    from tunepp_deploy.infer.mc import plan_calls, window_output_bytes
     from tunepp_deploy.infer.runners.base import CPU_ROWS_PER_CALL
     from tunepp_deploy.infer.sampling import plan_chunk
     from tunepp_deploy.infer.sliding_window import count_windows
@@ -359,9 +361,10 @@ def run_memory_bench(s: MemorySettings, log: Callable[[str], None] = print) -> d
     call_bytes = plan.windows_per_call * plan.samples_per_call * plan.row_bytes
     k = meta.num_classes
     # (b) never below (a)'s budget: if (a) already holds all S, the two runs are the same design (noted)
-    budget_b = max(s.memory_gb, all_samples_budget(grid, meta.window, k, s.samples, call_bytes))
+    per_sample = window_output_bytes(meta, plan.windows_per_call)
+    budget_b = max(s.memory_gb, all_samples_budget(grid, meta.window, k, s.samples, call_bytes, per_sample))
     try:
-        planned_a = plan_chunk(grid, meta.window, k, s.samples, s.memory_gb, call_bytes)
+        planned_a = plan_chunk(grid, meta.window, k, s.samples, s.memory_gb, call_bytes, per_sample)
     except Exception as e:
         planned_a = f"{type(e).__name__}: {e}"
     windows = count_windows(grid, meta.window, cfg.infer.overlap)

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from tunepp_deploy.cli.app import app
 from tunepp_deploy.config import load_config
 from tunepp_deploy.config.load import config_to_dict
-from tunepp_deploy.infer.mc import plan_calls
+from tunepp_deploy.infer.mc import plan_calls, window_output_bytes
 from tunepp_deploy.infer.sampling import plan_chunk
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,10 +45,11 @@ def _streaming_budget(s: MemorySettings) -> float:
     _, cfg, meta = build_model(s)
     plan = plan_calls(meta, s.samples, cfg.infer.max_batch, 1.0, s.max_rows)
     call = plan.windows_per_call * plan.samples_per_call * plan.row_bytes
+    per_sample = window_output_bytes(meta, plan.windows_per_call)
     fixed = memory_model(VOLUME, meta.window, meta.num_classes, 0, call)["total_gb"]
-    one = memory_model(VOLUME, meta.window, meta.num_classes, 1, 0)["chunk_gb"]
-    gb = (fixed + one) / 0.75 * 1.01
-    assert 2 <= plan_chunk(VOLUME, meta.window, meta.num_classes, s.samples, gb, call) < s.samples
+    one = memory_model(VOLUME, meta.window, meta.num_classes, 1, 0, per_sample_bytes=per_sample)
+    gb = (fixed + one["chunk_gb"] + one["chunk_window_outputs_gb"]) / 0.75 * 1.01
+    assert 2 <= plan_chunk(VOLUME, meta.window, meta.num_classes, s.samples, gb, call, per_sample) < s.samples
     return gb
 
 

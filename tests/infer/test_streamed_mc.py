@@ -91,6 +91,34 @@ def test_torch_trunk_cached_across_chunks_changes_nothing(net: TUNEPP, cfg) -> N
     assert float((one.maps.stacked() - cached.maps.stacked()).abs().max()) <= 1e-6
 
 
+def test_tightest_budget_streams_without_the_trunk_cache(net: TUNEPP, cfg) -> None:
+    """At the smallest budget that fits one sample per chunk, the trunk cache cannot take its share: the engine
+    recomputes the trunk per chunk (same maps) instead of refusing a run that fits."""
+    runner = TorchRunner(net, meta_for(net, cfg), torch.device("cpu"))
+    vol = torch.rand(1, 52, 40, 30, generator=torch.Generator().manual_seed(0))
+    masks = sample_masks(runner.meta.sites, runner.meta.window, 4, seed=1)
+    ample = mc_predict(vol, runner, masks, MCSettings(samples=4, noise_draws=2))
+
+    def fits(gb: float) -> bool:
+        try:
+            plan = mc_predict(vol, runner, masks, MCSettings(samples=4, noise_draws=2, memory_gb=gb))
+        except TuneppError:
+            return False
+        fitted.append(plan)
+        return True
+
+    fitted: list = []
+    lo, hi = 1e-4, 1.0
+    assert fits(hi) and not fits(lo)
+    while hi / lo > 1.001:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    tight = fitted[-1]
+    assert tight.sample_chunk < 4 and tight.trunk == "recomputed" and tight.extra["trunk_cache_bytes"] == 0
+    # float32 round-off only: the tight budget also runs fewer windows per call (other conv batch shapes)
+    assert float((ample.maps.stacked() - tight.maps.stacked()).abs().max()) <= 1e-5
+
+
 def test_decomposition_sums_exactly() -> None:
     p = torch.rand(7, 4, 50, dtype=torch.float64)
     p = p / p.sum(1, keepdim=True)

@@ -117,6 +117,12 @@ def plan_calls(meta: ModelMeta, samples: int, max_batch: int, memory_gb: float, 
     return CallPlan(b_call, s_call, samples, rb)
 
 
+def window_output_bytes(meta: ModelMeta, windows_per_call: int) -> int:
+    """What each sample of a chunk costs besides its stitched maps: its window batch's outputs
+    ``[n, B, K, *window]`` float32 and the transposed copy that ``stream_chunks`` hands to the blend."""
+    return 2 * int(windows_per_call) * meta.num_classes * math.prod(meta.window) * 4
+
+
 def _tempered(logits: torch.Tensor, log_var: torch.Tensor, temperature: torch.Tensor | None):
     if temperature is None:
         return logits, log_var
@@ -166,9 +172,14 @@ def mc_predict(
     if blend == "sample" and settings.sample_chunk is not None:
         chunk = max(1, min(S, int(settings.sample_chunk)))
     elif blend == "sample":
-        chunk = plan_chunk(shape, meta.window, K, S, settings.memory_gb, call_bytes)
+        window_out = window_output_bytes(meta, plan.windows_per_call)
+        chunk = plan_chunk(shape, meta.window, K, S, settings.memory_gb, call_bytes, window_out)
         if chunk < S and cache_budget:
-            chunk = plan_chunk(shape, meta.window, K, S, settings.memory_gb, call_bytes + cache_budget)
+            try:  # the cache takes its share from the chunk; without room for one sample, no cache
+                chunk = plan_chunk(shape, meta.window, K, S, settings.memory_gb, call_bytes + cache_budget,
+                                   window_out)
+            except TuneppError:
+                cache_budget = 0
     n_chunks = math.ceil(S / chunk)
     use_cache = n_chunks > 1 and cache_budget > 0
     cache: dict[int, tuple[torch.Tensor, ...]] = {}
@@ -247,4 +258,5 @@ def mc_predict(
                     extra={"trunk_cache_bytes": float(cache_bytes), "sample_chunks": float(n_chunks)})
 
 
-__all__ = ["Blend", "CallPlan", "MCResult", "MCSettings", "mc_predict", "plan_calls", "row_bytes"]
+__all__ = ["Blend", "CallPlan", "MCResult", "MCSettings", "mc_predict", "plan_calls", "row_bytes",
+           "window_output_bytes"]
