@@ -54,26 +54,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class TimedRunner(Runner):
-    """Delegates to ``inner`` and accumulates the seconds spent in its calls (module docstring).
-
-    ``calls`` counts what the engine counts as runner calls: whole-graph calls and head calls
-    (``trunk_calls`` the trunk calls of a splitting runner). ``trunk_windows`` and ``head_rows``
-    count the windows the trunk ran on and the rows the head ran on, whichever way they were
-    called — what the benchmark's FLOP count is built from (a one-graph call runs the trunk once per
-    window, unless the runner repeats ``x`` per row, :attr:`ReuseOffRunner.trunk_per_row`).
-    """
+class DelegatingRunner(Runner):
+    """A runner wrapping ``inner``: the engine-visible properties (row cap, trunk / head split, trunk size,
+    description) and the calls pass through; subclasses override what they change."""
 
     def __init__(self, inner: Runner) -> None:
         super().__init__(inner.meta, inner.device)
         self.inner = inner
         self.name = inner.name
-        self.calls = 0
-        self.trunk_calls = 0
-        self.trunk_windows = 0
-        self.head_rows = 0
-        self._host_seconds = 0.0
-        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
     @property
     def max_rows(self) -> int | None:
@@ -88,6 +76,35 @@ class TimedRunner(Runner):
 
     def describe(self) -> str:
         return self.inner.describe()
+
+    def infer(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner(x, masks)
+
+    def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.inner.trunk(x)
+
+    def head(self, feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner.head(feats, masks)
+
+
+class TimedRunner(DelegatingRunner):
+    """Delegates to ``inner`` and accumulates the seconds spent in its calls (module docstring).
+
+    ``calls`` counts what the engine counts as runner calls: whole-graph calls and head calls
+    (``trunk_calls`` the trunk calls of a splitting runner). ``trunk_windows`` and ``head_rows``
+    count the windows the trunk ran on and the rows the head ran on, whichever way they were
+    called — what the benchmark's FLOP count is built from (a one-graph call runs the trunk once per
+    window, unless the runner repeats ``x`` per row, :attr:`ReuseOffRunner.trunk_per_row`).
+    """
+
+    def __init__(self, inner: Runner) -> None:
+        super().__init__(inner)
+        self.calls = 0
+        self.trunk_calls = 0
+        self.trunk_windows = 0
+        self.head_rows = 0
+        self._host_seconds = 0.0
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
     def _timed(self, fn: Callable[[], T]) -> T:
         if self.device.type == "cuda":
@@ -127,20 +144,24 @@ class TimedRunner(Runner):
         return self._host_seconds + sum(s.elapsed_time(e) for s, e in self._events) / 1000.0
 
 
-class ReuseOffRunner(Runner):
+class ReuseOffRunner(DelegatingRunner):
     """Runs ``inner`` with the trunk recomputed for every sample row (still one batched call)."""
 
     #: The trunk runs once per row, not once per window (read by :class:`TimedRunner`'s FLOP count).
     trunk_per_row = True
 
-    def __init__(self, inner: Runner) -> None:
-        super().__init__(inner.meta, inner.device)
-        self.inner = inner
-        self.name = inner.name
-
     @property
-    def max_rows(self) -> int | None:
-        return self.inner.max_rows
+    def splits(self) -> bool:
+        return False  # the baseline: one whole-graph call per rows, nothing shared or cached
+
+    def trunk_bytes(self, windows: int) -> int | None:
+        return None
+
+    def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError("the trunk-reuse-off baseline runs its graph whole")
+
+    def head(self, feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError("the trunk-reuse-off baseline runs its graph whole")
 
     def describe(self) -> str:
         return self.inner.describe() + ", trunk reuse off"
@@ -152,15 +173,13 @@ class ReuseOffRunner(Runner):
         return self.inner(x.repeat(reps, 1, 1, 1, 1), masks)
 
 
-class RowCapRunner(Runner):
+class RowCapRunner(DelegatingRunner):
     """``inner`` with at most ``max_rows`` rows per call planned by the engine (trunk / head split kept)."""
 
     def __init__(self, inner: Runner, max_rows: int) -> None:
-        super().__init__(inner.meta, inner.device)
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self._max_rows = int(max_rows)
 
     @property
@@ -168,24 +187,8 @@ class RowCapRunner(Runner):
         inner = self.inner.max_rows
         return self._max_rows if inner is None else min(inner, self._max_rows)
 
-    @property
-    def splits(self) -> bool:
-        return self.inner.splits
-
-    def trunk_bytes(self, windows: int) -> int | None:
-        return self.inner.trunk_bytes(windows)
-
     def describe(self) -> str:
         return f"{self.inner.describe()}, <= {self.max_rows} rows per call"
-
-    def infer(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.inner(x, masks)
-
-    def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.inner.trunk(x)
-
-    def head(self, feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.inner.head(feats, masks)
 
 
 class RssSampler:
@@ -230,4 +233,4 @@ def spread(values: Sequence[float]) -> dict[str, float]:
             "iqr": q3 - q1, "n": len(vals)}
 
 
-__all__ = ["ReuseOffRunner", "RowCapRunner", "RssSampler", "TimedRunner", "spread", "synchronize"]
+__all__ = ["DelegatingRunner", "ReuseOffRunner", "RowCapRunner", "RssSampler", "TimedRunner", "spread", "synchronize"]

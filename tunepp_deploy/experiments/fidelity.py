@@ -113,8 +113,10 @@ def run_variant(
     for tag, model, use_t, ds in (("test_raw", ckpt, False, "test"), ("test", calibrated, True, "test"),
                                   *((f"shift_{k}", calibrated, True, f"shift_{k}") for k in SHIFTS)):
         pred = run / f"pred_{tag}"
-        predict_dataset(model, data[ds], pred, samples=s.samples, seed=s.seed, backend="torch", device="cpu",
-                        use_temperature=use_t)
+        ran = predict_dataset(model, data[ds], pred, samples=s.samples, seed=s.seed, backend="torch", device="cpu",
+                              use_temperature=use_t)
+        if ran.failed:  # a metric over the cases that happened to work would be silently biased
+            raise TuneppError(f"{name}: {len(ran.failed)} {tag} case(s) failed: {ran.failed[0][0]}: {ran.failed[0][1]}")
         evals[tag] = evaluate_folders(pred, data[ds], run / f"eval_{tag}", opts=opts,
                                       worst=2 if tag == "test" else 0).summary
         console.print(f"{name}: evaluated {tag}")
