@@ -88,19 +88,85 @@ def find_cases(root: str | Path, layout: str = "imagesTr") -> list[CasePaths]:
     return cases
 
 
-def list_images(path: str | Path) -> list[Path]:
-    """Scans to run inference on: one file, or every NIfTI file in a folder (sorted)."""
+#: Suffixes of the files ``tunepp infer`` writes next to a case (``NAME_<suffix>.nii.gz``): the
+#: segmentation, the 4D probabilities and every method's maps (TUNE++ / variational, SegWithU, saliency).
+#: With ``-o`` equal to ``-i`` these are the tool's own outputs, not scans (tests check every predictor's
+#: map names are here).
+OUTPUT_SUFFIXES = ("seg", "probs", "aleatoric", "epistemic", "total", "temperature", "calibration", "ranking",
+                   "fused", "saliency_variance", "predictive_variance")
+
+
+def _is_own_output(f: Path, cases: set[str], folder: Path) -> bool:
+    """``X_<suffix>.nii(.gz)`` where ``X`` is another scan's case name or has a ``X_report.json`` here."""
+    stem = _strip_nii(f.name)
+    for suffix in OUTPUT_SUFFIXES:
+        base = stem.removesuffix(f"_{suffix}")
+        if base != stem and base and (base in cases or (folder / f"{base}_report.json").exists()):
+            return True
+    return False
+
+
+def list_images(path: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Scans to run inference on: one file, or every NIfTI file in a folder (sorted).
+
+    Hidden files are never scans (the tool's own temporary and lock files are hidden). A dangling
+    symbolic link with a NIfTI name is listed, so the batch reports it as a failed case by name instead
+    of skipping it without a word. When ``out_dir`` is the folder itself (``-o`` equal to ``-i``), the
+    tool's own outputs (:data:`OUTPUT_SUFFIXES` of a listed case, or of a case with a report there) are
+    left out, so a rerun does not feed them back as scans.
+    """
     p = Path(path)
     if p.is_file():
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and _is_nifti(f))
+        files = sorted(f for f in p.iterdir() if _is_nifti(f) and (f.is_file() or (f.is_symlink() and not f.exists())))
+        if out_dir is not None and _same_folder(p, Path(out_dir)):
+            cases = {case_stem(f) for f in files}
+            files = [f for f in files if not _is_own_output(f, cases, p)]
         if not files:
             raise DataError(f"{p}: no .nii or .nii.gz files in this folder")
         return files
     raise DataError(f"{p}: file or folder not found")
 
 
-def case_name(path: Path) -> str:
-    """Output name of a scan: file name without .nii(.gz) and without a ``_0000`` channel suffix."""
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def case_stem(path: Path) -> str:
+    """File name without .nii(.gz) and without a ``_0000`` channel suffix (unchecked: see :func:`case_name`)."""
     return re.sub(r"_0000$", "", _strip_nii(path.name))
+
+
+def case_name(path: Path) -> str:
+    """Output name of a scan: file name without .nii(.gz) and without a ``_0000`` channel suffix.
+
+    An empty name (``.nii.gz``, ``_0000.nii.gz``) or a hidden one (``..nii.gz`` -> ``.``) is a one-line
+    :class:`DataError`: its outputs would be hidden files (``._seg.nii.gz``) or clash with the tool's own.
+    """
+    name = case_stem(path)
+    if not name or name.startswith("."):
+        raise DataError(f"{path}: its case name '{name}' is empty or hidden; rename the scan (e.g. case.nii.gz)")
+    return name
+
+
+def case_names(images: Iterable[Path]) -> list[str]:
+    """The case name of every scan, checked before any work: invalid names (:func:`case_name`) and scans
+    whose names map to the same case (``case.nii``, ``case.nii.gz``, ``case_0000.nii.gz``, which would
+    overwrite each other's outputs) are one-line :class:`DataError` s."""
+    seen: dict[str, list[Path]] = {}
+    names = []
+    for im in images:
+        n = case_name(im)
+        seen.setdefault(n, []).append(im)
+        names.append(n)
+    clashes = {n: ps for n, ps in seen.items() if len(ps) > 1}
+    if clashes:
+        n, ps = next(iter(clashes.items()))
+        more = f" (and {len(clashes) - 1} more cases)" if len(clashes) > 1 else ""
+        raise DataError(f"{', '.join(str(p) for p in ps)} map to the same case '{n}'{more}; rename or move all "
+                        "but one")
+    return names
