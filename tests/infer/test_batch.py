@@ -8,6 +8,7 @@ import pytest
 
 from tunepp_deploy.errors import DataError, TuneppError
 from tunepp_deploy.infer.batch import case_outputs, report_path, run_batch, write_report
+from tunepp_deploy.infer.manifest import complete_report
 
 
 def _scans(folder: Path, names: list[str]) -> list[Path]:
@@ -35,7 +36,7 @@ class FakeMethod:
             written.append(m)
             if name in self.fail:
                 raise self.fail[name]
-            return write_report(report_path(self.out, name), {"case": name})
+            return write_report(report_path(self.out, name), complete_report({"case": name}, {"map": m}, {}))
 
 
 def test_resume_skips_complete_cases_and_redoes_missing_reports(tmp_path: Path) -> None:

@@ -22,20 +22,23 @@ from typing import Any
 import numpy as np
 
 from tunepp_deploy.data.layout import case_name, find_cases
+from tunepp_deploy.data.nifti import check_output_folder
 from tunepp_deploy.errors import DataError
 from tunepp_deploy.evaluation.cases import class_names, load_pair, max_truth_label, pair_cases
 from tunepp_deploy.evaluation.compute import CaseResult, EvalOptions, aggregate, evaluate_case
 from tunepp_deploy.evaluation.report import (
+    REPORT_MD,
     plot_case_panel,
     plot_reliability,
     plot_risk_coverage,
     plot_triage,
     plot_unc_hist,
+    staged_outputs,
     worst_cases,
     write_markdown,
     write_tables,
 )
-from tunepp_deploy.infer.batch import BatchResult, CaseCallback, check_output_dir, run_batch
+from tunepp_deploy.infer.batch import BatchResult, CaseCallback, check_output_dir
 from tunepp_deploy.predictors.settings import RunOptions
 
 
@@ -52,7 +55,13 @@ def evaluate_folders(
     pred: Path, gt: Path, out: Path, unc: Path | None = None, opts: EvalOptions | None = None,
     allow_missing: bool = False, worst: int = 3, on_case: Callable[[str], None] | None = None,
 ) -> EvalResult:
-    """Evaluate ``pred`` against ``gt`` into ``out`` (metrics.json, metrics.csv, report.md, PNGs)."""
+    """Evaluate ``pred`` against ``gt`` into ``out`` (metrics.json, metrics.csv, report.md, PNGs).
+
+    ``out`` is checked first (a folder that can take files, :func:`check_output_folder`), so a bad
+    ``-o`` costs nothing; the files are written into a staging folder and moved into ``out`` together
+    (:func:`staged_outputs`), so a failure leaves no partial report.
+    """
+    check_output_folder(out)
     opts = opts or EvalOptions()
     cases = pair_cases(pred, gt, unc, allow_missing)
     classes = class_names(pred, gt, cases)
@@ -68,26 +77,26 @@ def evaluate_folders(
         if on_case:
             on_case(c.name)
     summary = aggregate(results, classes, opts)
-    out.mkdir(parents=True, exist_ok=True)
-    write_tables(out, results, summary)
-
-    plots: dict[str, Path | None] = {"reliability diagram": plot_reliability(results, out / "reliability.png")}
-    pooled = [r for r in results if r.pool_unc is not None]
-    if pooled:
-        u = np.concatenate([r.pool_unc for r in pooled])  # type: ignore[misc]
-        e = np.concatenate([r.pool_err for r in pooled])  # type: ignore[misc]
-        plots["risk-coverage curve"] = plot_risk_coverage(u, e, out / "risk_coverage.png")
-        plots["uncertainty vs error"] = plot_unc_hist(u, e, out / "uncertainty_vs_error.png")
-        plots["triage curve"] = plot_triage(summary, out / "triage.png")
-    else:
-        plots.update({"risk-coverage curve": None, "uncertainty vs error": None, "triage curve": None})
-    panels = []
-    by_name = {c.name: c for c in cases}
-    for r in worst_cases(results, worst):
-        loaded = load_pair(by_name[r.name], len(classes), with_image=True)
-        panels.append(plot_case_panel(loaded, r, len(classes), out / f"worst_{r.name}.png"))
-    md = write_markdown(out, summary, plots, panels)
-    files = [out / "metrics.json", out / "metrics.csv", md, *(p for p in plots.values() if p), *panels]
+    with staged_outputs(out) as stage:
+        write_tables(stage, results, summary)
+        plots: dict[str, Path | None] = {"reliability diagram": plot_reliability(results, stage / "reliability.png")}
+        pooled = [r for r in results if r.pool_unc is not None]
+        if pooled:
+            u = np.concatenate([r.pool_unc for r in pooled])  # type: ignore[misc]
+            e = np.concatenate([r.pool_err for r in pooled])  # type: ignore[misc]
+            plots["risk-coverage curve"] = plot_risk_coverage(u, e, stage / "risk_coverage.png")
+            plots["uncertainty vs error"] = plot_unc_hist(u, e, stage / "uncertainty_vs_error.png")
+            plots["triage curve"] = plot_triage(summary, stage / "triage.png")
+        else:
+            plots.update({"risk-coverage curve": None, "uncertainty vs error": None, "triage curve": None})
+        panels = []
+        by_name = {c.name: c for c in cases}
+        for r in worst_cases(results, worst):
+            loaded = load_pair(by_name[r.name], len(classes), with_image=True)
+            panels.append(plot_case_panel(loaded, r, len(classes), stage / f"worst_{r.name}.png"))
+        write_markdown(stage, summary, plots, panels)
+    files = [out / "metrics.json", out / "metrics.csv", out / REPORT_MD,
+             *(out / p.name for p in plots.values() if p), *(out / p.name for p in panels)]
     return EvalResult(out, summary, files)
 
 
@@ -103,7 +112,7 @@ def predict_dataset(
     model config's dataset layout. ``overwrite=False`` resumes: cases with a report are kept.
     ``on_case(name, status, message)`` is told ``done``, ``skipped`` or ``failed`` per case.
     """
-    from tunepp_deploy.infer.case import CaseOptions, run_case
+    from tunepp_deploy.infer.case import CaseOptions, run_paths
     from tunepp_deploy.predictors.open import open_predictor
 
     opts = options or RunOptions()
@@ -112,14 +121,13 @@ def predict_dataset(
     if seed is not None:
         opts = replace(opts, seed=int(seed))
     check_output_dir(out)
-    case_opts = CaseOptions(overwrite=overwrite, write_probs=True)
+    case_opts = CaseOptions(overwrite=overwrite, write_probs=True, model=Path(model))
     with open_predictor(model, method, backend, device, opts, threads=threads, temperature=use_temperature) as pr:
         cases = find_cases(data, layout or pr.cfg.data.layout)
         for c in cases:  # predictions are paired with the truth by name: they must agree
             if case_name(c.image) != c.name:
                 raise DataError(f"{c.image}: its output name {case_name(c.image)} differs from the case name {c.name}")
-        return run_batch([c.image for c in cases], out, lambda im: run_case(im, out, pr, case_opts), overwrite,
-                         on_case)
+        return run_paths([c.image for c in cases], out, pr, case_opts, on_case)
 
 
 __all__ = ["EvalResult", "evaluate_folders", "predict_dataset"]

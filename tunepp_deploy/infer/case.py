@@ -13,14 +13,17 @@ resampling labels) -> ``predictor.finish_maps`` (invariants such as ``total = al
                              fused, saliency_variance, predictive_variance)
     NAME_probs.nii.gz        float32 4D predictive probabilities (only with ``write_probs``, for
                              ``tunepp evaluate --model``'s calibration metrics)
-    NAME_report.json         written LAST: its presence marks a complete case
+    NAME_report.json         written LAST: it marks a complete case, with the run ``manifest`` and the
+                             ``output_files`` (name, bytes, SHA-256 of each) that resume verifies
 
 Every file is written to a temporary name and renamed; a failing case has its partial outputs removed
-and the batch goes on (:mod:`tunepp_deploy.infer.batch`, which walks folders and resumes).
+and the batch goes on (:mod:`tunepp_deploy.infer.batch`, which walks folders, locks and resumes;
+:mod:`tunepp_deploy.infer.manifest` for what makes a report trustworthy).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,7 @@ from tunepp_deploy.infer.batch import (
     run_batch,
     write_report,
 )
+from tunepp_deploy.infer.manifest import complete_report, run_manifest
 from tunepp_deploy.infer.report import build_report
 from tunepp_deploy.predictors.base import Prediction, Predictor, Progress
 
@@ -56,6 +60,9 @@ class CaseOptions:
     overwrite: bool = False
     flag_threshold: float = DEFAULT_FLAG_THRESHOLD
     write_probs: bool = False
+    #: The model file the predictor was opened from: its SHA-256 goes into each report's run manifest
+    #: (``None``: recorded as unknown).
+    model: Path | None = None
 
 
 def output_paths(out_dir: Path, name: str, map_names: tuple[str, ...], write_probs: bool = False) -> dict[str, Path]:
@@ -141,17 +148,21 @@ def run_case(image: Path, out_dir: Path, predictor: Predictor, opts: CaseOptions
         if o.write_probs:
             written.append(_save_probs(probs, vol, paths["probs"]))
         timer.lap("write")
-        outputs = {k: p.name for k, p in paths.items() if k != "report"}
-        write_report(paths["report"], {**report, "outputs": outputs, "timing_s": timer.seconds})
+        files = {k: p for k, p in paths.items() if k != "report"}
+        manifest = run_manifest(predictor, o.model, o.flag_threshold)
+        write_report(paths["report"], {**complete_report(report, files, manifest), "timing_s": timer.seconds})
     return paths["report"]
 
 
-def run_paths(inputs: Path, out_dir: Path, predictor: Predictor, opts: CaseOptions | None = None,
+def run_paths(inputs: Path | Sequence[Path], out_dir: Path, predictor: Predictor, opts: CaseOptions | None = None,
               on_case: CaseCallback | None = None, progress: Progress | None = None) -> BatchResult:
-    """Every scan under ``inputs`` (a file or a folder), resuming and isolating failures
-    (:func:`tunepp_deploy.infer.batch.run_batch`); a single-file input re-raises its error."""
+    """Every scan under ``inputs`` (a file, a folder or a list of a dataset's images), locking, resuming
+    (verified against this run's manifest) and isolating failures (:func:`tunepp_deploy.infer.batch.run_batch`);
+    a single-file input re-raises its error."""
     o = opts or CaseOptions()
-    return run_batch(inputs, out_dir, lambda im: run_case(im, out_dir, predictor, o, progress), o.overwrite, on_case)
+    return run_batch(inputs, out_dir, lambda im: run_case(im, out_dir, predictor, o, progress), o.overwrite, on_case,
+                     manifest=run_manifest(predictor, o.model, o.flag_threshold),
+                     outputs_of=lambda n: output_paths(out_dir, n, predictor.map_names, o.write_probs))
 
 
 __all__ = ["DEFAULT_FLAG_THRESHOLD", "CaseOptions", "output_paths", "run_case", "run_paths", "to_input_grid"]
