@@ -4,18 +4,31 @@
 (:func:`tunepp_deploy.predictors.open.open_predictor`) and every scan goes through
 :func:`tunepp_deploy.infer.case.run_paths` (resumable, failure-isolating). An option that the chosen
 method does not have is a one-line error, not ignored.
+
+Scan names are checked before the model is opened (colliding or hidden case names are one-line errors).
+SIGTERM, what schedulers send, is handled like Ctrl-C: the case being computed has its partial files
+removed, its lock is released, and the command exits 143 (130 for Ctrl-C) with one line saying how far
+it got; the next run resumes. An output folder this command created is removed again if nothing was
+written to it (a model that cannot be opened leaves no empty folder). Failed cases are summarised by
+name at the end, with exit code 1.
 """
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from tunepp_deploy.cli.errors import user_errors
+
+if TYPE_CHECKING:
+    from tunepp_deploy.predictors.settings import RunOptions
 
 #: Options only some methods have, with the methods that take them (the rest take everything else).
 METHOD_OPTIONS = {
@@ -28,6 +41,27 @@ METHOD_OPTIONS = {
     "--cuda-graphs": ("tunepp",),
     "--no-temperature": ("tunepp",),
 }
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[list[int]]:
+    """Turn SIGTERM into KeyboardInterrupt inside the block (so cleanup runs as for Ctrl-C); yields a list
+    that holds the signal number once one arrived."""
+    got: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        yield got
+        return
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _refuse_foreign_options(method: str, given: dict[str, bool]) -> None:
@@ -68,12 +102,10 @@ def infer(
 ) -> None:
     """Segmentation with uncertainty maps and a JSON report: TUNE++ MC dropout, SegWithU, a variational network
     or saliency fusion."""
-    from tunepp_deploy.data.layout import list_images
+    from tunepp_deploy.data.layout import case_names, list_images
     from tunepp_deploy.errors import TuneppError
-    from tunepp_deploy.infer.batch import check_output_dir
-    from tunepp_deploy.infer.case import CaseOptions, run_paths
+    from tunepp_deploy.infer.batch import check_output_dir, remove_if_empty
     from tunepp_deploy.model_file import resolve_method
-    from tunepp_deploy.predictors.open import open_predictor
     from tunepp_deploy.predictors.settings import RunOptions
 
     if blend not in ("auto", "sample", "window"):
@@ -86,11 +118,38 @@ def infer(
         "--blend": blend != "auto", "--noise-draws": noise_draws is not None, "--no-amp": not amp,
         "--cuda-graphs": cuda_graphs, "--no-temperature": not temperature,
     })
+    images = list_images(input, out)
+    names = case_names(images)  # colliding, empty or hidden case names: one line before any work
     if input.is_file():  # a single scan: refuse unusable input before loading the model or printing anything
         from tunepp_deploy.data.nifti import load_volume
 
         load_volume(input)
-    check_output_dir(out)
+    created = check_output_dir(out)
+    try:
+        with _sigterm_as_interrupt() as got:
+            try:
+                _run_batch(input, out, model, chosen, backend, device, overwrite, flag_threshold, names,
+                           RunOptions(samples=samples, seed=seed, overlap=overlap, max_batch=max_batch,
+                                      memory_gb=memory_gb, blend=blend, noise_draws=noise_draws),  # type: ignore[arg-type]
+                           dict(threads=threads, amp=amp, cuda_graphs=cuda_graphs, temperature=temperature))
+            except KeyboardInterrupt:
+                what = "SIGTERM" if got else "interrupted"
+                typer.secho(f"error: {what}: stopped; the case in progress was removed, finished cases are kept "
+                            "(rerun to resume)", fg="red", err=True)
+                raise typer.Exit(143 if got else 130) from None
+    finally:
+        if created:
+            remove_if_empty(out)
+
+
+def _run_batch(input: Path, out: Path, model: Path, method: str, backend: str, device: str, overwrite: bool,
+               flag_threshold: float, names: list[str], opts: RunOptions, open_kw: dict[str, Any]) -> None:
+    """Open the predictor and run every case, with progress bars; exit 1 if any case failed."""
+    from tunepp_deploy.infer.batch import refuse_other_runs
+    from tunepp_deploy.infer.case import CaseOptions, run_paths
+    from tunepp_deploy.infer.manifest import run_manifest
+    from tunepp_deploy.predictors.open import open_predictor
+
     console = Console(stderr=True)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True)
@@ -98,26 +157,29 @@ def infer(
 
     def on_case(name: str, status: str, message: str) -> None:
         colour = {"done": "green", "skipped": "yellow", "failed": "red"}[status]
-        console.print(f"[{colour}]{status}[/] {name}: {message}")
+        console.print(f"[{colour}]{status}[/] {name}: {message}", soft_wrap=True)  # one line per case, for logs
         progress.advance(tasks["cases"])
 
     def on_work(done: int, total: int) -> None:
         progress.update(tasks["work"], completed=done, total=total)
 
-    opts = RunOptions(samples=samples, seed=seed, overlap=overlap, max_batch=max_batch, memory_gb=memory_gb,
-                      blend=blend, noise_draws=noise_draws)  # type: ignore[arg-type]
-    with open_predictor(model, chosen, backend, device, opts, threads=threads, amp=amp, cuda_graphs=cuda_graphs,
-                        temperature=temperature) as predictor:
+    with open_predictor(model, method, backend, device, opts, **open_kw) as predictor:
+        if not overwrite:  # reports of another configuration: one line, before anything is printed
+            refuse_other_runs(names, out, run_manifest(predictor, model, flag_threshold))
         d = predictor.describe()
         extra = "".join(f", {k}={d[k]}" for k in ("samples", "seed") if k in d)
         console.print(f"[bold]{predictor.describe_runner()}[/] ({predictor.method}{extra}), window={predictor.window}")
         progress.start()
         try:
-            tasks["cases"] = progress.add_task("cases", total=len(list_images(input)))
+            tasks["cases"] = progress.add_task("cases", total=len(names))
             tasks["work"] = progress.add_task("windows x samples", total=None)
-            res = run_paths(input, out, predictor, CaseOptions(overwrite, flag_threshold), on_case, on_work)
+            res = run_paths(input, out, predictor, CaseOptions(overwrite, flag_threshold, model=model), on_case,
+                            on_work)
         finally:
             progress.stop()
-    console.print(f"{len(res.done)} done, {len(res.skipped)} skipped, {len(res.failed)} failed -> [bold]{out}[/]")
+    busy = f" ({len(res.busy)} in progress elsewhere)" if res.busy else ""
+    console.print(f"{len(res.done)} done, {len(res.skipped)} skipped{busy}, {len(res.failed)} failed -> "
+                  f"[bold]{out}[/]", soft_wrap=True)
     if res.failed:
+        console.print(f"[red]failed:[/] {', '.join(n for n, _ in res.failed)}", soft_wrap=True)
         raise typer.Exit(1)
