@@ -106,3 +106,39 @@ def saliency(
     for line in body["verdict"]:
         console.print(f"- {line}")
     console.print(f"done in {body['seconds'] / 60:.1f} min -> [bold]{md}[/] ({js.name})")
+
+
+@app.command("noise-draws")
+@user_errors
+def noise_draws(
+    model: Annotated[Path, typer.Option("--model", "-m", help="A TUNE++ checkpoint or ONNX file.")],
+    image: Annotated[Path, typer.Option("--image", "-i", help="The fixed scan (NIfTI).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for noise_draws.json and .md.")] = Path(
+        "docs/results"),
+    samples: Annotated[int, typer.Option(min=1, help="Dropout samples S.")] = 25,
+    repeats: Annotated[int, typer.Option(min=1, help="Noise seeds per T.")] = 3,
+) -> None:
+    """Logit-noise draws T vs the error of the aleatoric / epistemic / total maps against T = 256 (one case)."""
+    from tunepp_deploy.experiments.noise_draws import run_noise_draws
+
+    console = Console(stderr=True)
+    run_noise_draws(model, image, out, samples=samples, repeats=repeats, log=console.print)
+    console.print(f"-> [bold]{out / 'noise_draws.md'}[/]")
+
+
+@app.command("flag-threshold")
+@user_errors
+def flag_threshold(
+    model: Annotated[Path, typer.Option("--model", "-m", help="A TUNE++ checkpoint or ONNX file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for flag_threshold.json and .md.")] = Path(
+        "docs/results"),
+    repeats: Annotated[int, typer.Option(min=1, help="Independent phantom sets.")] = 3,
+    cases: Annotated[int, typer.Option(min=1, help="Phantoms per set (in-distribution and each shift).")] = 2,
+    samples: Annotated[int | None, typer.Option(min=1, help="MC samples (default: the model's config).")] = None,
+) -> None:
+    """Component mean uncertainty as a detector of wrong components: AUROC and the Youden-optimal flag threshold."""
+    from tunepp_deploy.experiments.flag_threshold import run_flag_threshold
+
+    console = Console(stderr=True)
+    run_flag_threshold(model, out, repeats=repeats, cases=cases, samples=samples, log=console.print)
+    console.print(f"-> [bold]{out / 'flag_threshold.md'}[/]")
