@@ -32,11 +32,15 @@ class Exported:
 
 def export_any_checkpoint(checkpoint: str | Path, out: str | Path, opset: int | None = None) -> Exported:
     """Export ``checkpoint`` with its method's exporter (module docstring); ``opset`` None = that exporter's default."""
+    from tunepp_deploy.data.nifti import check_output_file
     from tunepp_deploy.model_file import detect_method
 
     ckpt, dst = Path(checkpoint), Path(out)
-    if not dst.name.endswith(".onnx"):
-        raise TuneppError(f"{dst}: output name must end in .onnx")
+    if not ckpt.is_file():
+        raise TuneppError(f"{ckpt}: checkpoint not found")
+    # before the export (tens of seconds on a CPU): a folder, an unwritable place or a bad name is one
+    # line now, not after the work
+    check_output_file(dst, (".onnx",), "ONNX file")
     method = detect_method(ckpt)
     if method == "variational":
         from tunepp_deploy.methods.variational.export import DEFAULT_OPSET as VI_OPSET

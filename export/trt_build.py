@@ -143,6 +143,9 @@ def build_engine(
         raise TuneppError(f"unknown precision '{precision}' (use {', '.join(PRECISIONS)})")
     src = Path(onnx_path)
     _, meta = read_onnx_meta(src)
+    from tunepp_deploy.data.nifti import check_output_file
+
+    check_output_file(out, (), "engine")  # before the build (minutes): one line now, not after it
     if precision == "int8" and calib_dir is None:
         raise TuneppError("--precision int8 needs --calib FOLDER of .npy windows")
     if not torch.cuda.is_available():

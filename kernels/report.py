@@ -8,9 +8,6 @@ input's affine and header. Every user mistake becomes a one-line :class:`DataErr
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,72 +62,98 @@ class TopologyReport:
         }
 
 
+#: Largest label id accepted (int32, the kernels' label type); ids are remapped to 1..L internally.
+MAX_LABEL_ID = int(np.iinfo(np.int32).max)
+
+
 def load_mask(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float], Any]:
-    """Read a 3D integer-valued NIfTI mask; return ``(int32 labels, spacing, nibabel image)``.
+    """Read a 3D integer-valued NIfTI mask; return ``(labels, spacing, nibabel image)``.
 
     Float images are accepted when every value is a non-negative integer (masks saved as float are
-    common); anything else is not a mask and is refused rather than thresholded silently.
+    common); anything else is not a mask and is refused rather than thresholded silently. The header
+    is checked before the voxels are read (:func:`tunepp_deploy.data.nifti.open_nifti`: voxel cap,
+    size against the file, spacing, affine), so a mask whose EDT could not be written is refused
+    before any compute. ``labels`` keep the file's ids and voxel type; :func:`compact_labels` makes them
+    dense int32.
     """
-    import nibabel as nib
+    from tunepp_deploy.data.nifti import open_nifti
 
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file")
+    img = open_nifti(p)
+    if len(img.shape) != 3:
+        raise DataError(f"{p}: expected a 3D mask, got a {len(img.shape)}D image of shape {tuple(img.shape)}")
     try:
-        img = nib.load(str(p))
         data = np.asanyarray(img.dataobj)
     except Exception as e:
         detail = str(e).splitlines()[0] if str(e) else ""
         raise DataError(f"{p}: cannot read as NIfTI ({type(e).__name__}: {detail})") from None
-    if data.ndim != 3:
-        raise DataError(f"{p}: expected a 3D mask, got a {data.ndim}D image of shape {data.shape}")
     if data.dtype.kind == "f":
-        if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
+        if not np.all(np.isfinite(data)):
+            raise DataError(f"{p}: NaN or Inf voxels are not labels")
+        if np.any(data != np.round(data)):
             raise DataError(f"{p}: float image with non-integer values is not a mask (expected 0/1 or label ids)")
     elif data.dtype.kind not in "iub":
         raise DataError(f"{p}: unsupported voxel type {data.dtype} for a mask")
     if data.size and data.min() < 0:
         raise DataError(f"{p}: negative values are not labels (minimum {data.min()})")
+    if data.size and data.max() > MAX_LABEL_ID:
+        raise DataError(f"{p}: label id {data.max():.0f} is above {MAX_LABEL_ID}")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    if len(zooms) != 3 or not all(np.isfinite(z) and z > 0 for z in zooms):
-        raise DataError(f"{p}: header voxel sizes {zooms} are not finite and positive")
-    return np.ascontiguousarray(data, dtype=np.int32), zooms, img  # type: ignore[return-value]
+    return np.asarray(data), zooms, img  # type: ignore[return-value]
+
+
+def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(dense int32 labels, ids)``: label ``ids[j]`` becomes ``j + 1``, background stays 0.
+
+    The per-label kernels size their tables by the largest id (``betti_per_label`` allocates one row
+    and one bounding box per id up to it), so a mask holding the single id 2,000,000,000 would ask
+    for tens of GiB; dense ids make the cost follow the labels present.
+    """
+    ids = np.unique(labels)
+    ids = ids[ids != 0]
+    if not len(ids) or int(ids[-1]) == len(ids):  # already 1..L (the common case): no remap pass
+        return np.ascontiguousarray(labels, dtype=np.int32), ids
+    table = np.concatenate([[0], ids])
+    return np.searchsorted(table, labels).astype(np.int32), ids
 
 
 def save_like(data: np.ndarray, like: Any, out: str | Path) -> Path:
-    """Save ``data`` as float32 NIfTI with ``like``'s affine and header, atomically (temp + rename)."""
+    """Save ``data`` as float32 NIfTI with ``like``'s affine and header, atomically (temp + rename);
+    an unwritable folder or a full disk is one :class:`DataError` and leaves no file."""
     import nibabel as nib
 
+    from tunepp_deploy.data.nifti import write_atomic
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     header = like.header.copy()
     header.set_data_dtype(np.float32)
     img = type(like)(np.asarray(data, np.float32), like.affine, header)
-    suffix = "".join(out.suffixes[-2:]) if out.name.endswith(".nii.gz") else out.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix or ".nii", dir=out.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    suffix = ".nii.gz" if out.name.endswith(".nii.gz") else ".nii"
+    write_atomic(out, lambda tmp: nib.save(img, str(tmp)), suffix=suffix)
     return out
 
 
 def topology_report(path: str | Path, edt_out: str | Path | None = None, backend: str = "auto") -> TopologyReport:
-    """Compute the per-label topology of a NIfTI mask and optionally write the foreground EDT."""
-    labels, spacing, img = load_mask(path)
+    """Compute the per-label topology of a NIfTI mask and optionally write the foreground EDT.
+
+    ``edt_out`` is checked (name, folder writable) before the mask is read, so a bad path costs nothing.
+    """
+    from tunepp_deploy.data.nifti import check_output_file
+
+    if edt_out is not None:
+        check_output_file(edt_out, (".nii", ".nii.gz"), "EDT output")
+    raw, spacing, img = load_mask(path)
+    labels, ids = compact_labels(raw)
+    del raw
     name = resolve(backend, labels)
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
     report = TopologyReport(path=str(path), shape=tuple(int(s) for s in labels.shape), spacing=spacing, backend=name)
     if len(ids):
-        table = betti_per_label(labels, num_labels=int(ids.max()), backend=name)
-        counts = np.bincount(labels.ravel(), minlength=int(ids.max()) + 1)
-        for i in ids:
-            report.labels.append(LabelTopology(int(i), int(counts[i]), tuple(int(b) for b in table[i - 1])))
+        table = betti_per_label(labels, num_labels=len(ids), backend=name)
+        counts = np.bincount(labels.ravel(), minlength=len(ids) + 1)
+        for j, i in enumerate(ids, start=1):
+            report.labels.append(LabelTopology(int(i), int(counts[j]), tuple(int(b) for b in table[j - 1])))
     fg = labels != 0
     if len(ids) > 1:
         report.foreground = LabelTopology(None, int(fg.sum()), betti_numbers(fg, backend=name))  # type: ignore[arg-type]

@@ -22,7 +22,13 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except TuneppError as e:
-            typer.secho(f"error: {e}", fg="red", err=True)
+            typer.secho(f"error: {one_line(e)}", fg="red", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line: a file name may hold a newline or a carriage return (a hostile
+    or broken name), and a user-facing error must stay one line that scripts can grep."""
+    return str(e).replace("\r", "\\r").replace("\n", "\\n")

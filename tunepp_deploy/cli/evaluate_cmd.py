@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -43,24 +44,36 @@ def evaluate(
     = False,
 ) -> None:
     """Dice, IoU, HD95, Betti error, ECE/Brier/NLL, AUROC/AUPRC, AURC, TAUS, triage -> JSON, CSV, report."""
+    from tunepp_deploy.data.nifti import check_output_folder
     from tunepp_deploy.errors import TuneppError
     from tunepp_deploy.evaluation.compute import EvalOptions
     from tunepp_deploy.evaluation.run import evaluate_folders, predict_dataset
 
     console = Console(stderr=True)
+    check_output_folder(out)  # before any prediction or metric: a bad -o costs nothing
     if model is not None:
         if data is None:
             raise TuneppError("--model needs --data (a dataset folder with imagesTr/ and labelsTr/)")
         pred = pred or out / "predictions"
         gt = gt or data
-        console.print(f"running {model} on {data} -> {pred}")
+        started: list[bool] = []
 
         def told(name: str, status: str, message: str) -> None:
+            if not started:  # said once the model is open: an unusable model stays a one-line error
+                started.append(True)
+                console.print(f"running {model} on {data} -> {pred}")
             console.print(f"  {'predicted' if status == 'done' else status} {name}"
                           + (f": {message}" if status != "done" else ""), highlight=False)
 
-        ran = predict_dataset(model, data, pred, samples=samples, seed=seed, backend=backend, device=device,
-                              use_temperature=temperature, on_case=told, method=method, overwrite=not resume)
+        created = [d for d in (out, pred) if not d.exists()]
+        try:
+            ran = predict_dataset(model, data, pred, samples=samples, seed=seed, backend=backend, device=device,
+                                  use_temperature=temperature, on_case=told, method=method, overwrite=not resume)
+        except BaseException:  # a model or dataset that cannot be used leaves no empty folders behind
+            for d in reversed(created):
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only when empty: finished predictions stay
+            raise
         if ran.failed and not allow_missing:
             name, msg = ran.failed[0]
             raise TuneppError(f"{len(ran.failed)} case(s) could not be predicted, first {name}: {msg} "

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from tunepp_deploy.cli.errors import one_line
 from tunepp_deploy.errors import TuneppError
 
 
@@ -26,7 +27,7 @@ def topo(
     try:
         report = topology_report(mask, edt_out=edt_out, backend=backend)
     except TuneppError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {one_line(e)}", err=True)
         raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))

@@ -22,11 +22,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from tunepp_deploy.data.layout import _strip_nii
-from tunepp_deploy.data.nifti import Volume, load_volume
+from tunepp_deploy.data.nifti import Volume, load_volume, open_nifti
 from tunepp_deploy.errors import DataError
 
 UNC_MAPS = ("total", "epistemic", "aleatoric")
@@ -174,13 +173,35 @@ def _same_grid(a: Volume, b: Volume, name: str, what: str) -> None:
         raise DataError(f"case {name}: {what} affine differs from the truth's (not on the same grid)")
 
 
+def _integer_valued(vol: Volume, name: str, what: str) -> np.ndarray:
+    """The voxels of a label map, refused when any is not a whole number: rounding a float map (a
+    probability or a resampled label map saved as a segmentation) would score something else silently."""
+    arr = vol.array
+    frac = arr != np.rint(arr)
+    if frac.any():
+        example = float(arr[frac].flat[0])
+        raise DataError(f"case {name}: {what} {vol.path.name if vol.path else ''} holds {int(frac.sum())} non-integer "
+                        f"values (e.g. {example:g}): not a label map")
+    return arr
+
+
 def _labels(vol: Volume, name: str, what: str, num_classes: int) -> np.ndarray:
-    arr = np.rint(vol.array)
+    arr = _integer_valued(vol, name, what)
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi >= num_classes:
         present = sorted(int(v) for v in np.unique(arr))
         raise DataError(f"case {name}: {what} labels {present} are not in the label set 0..{num_classes - 1}")
     return arr.astype(np.uint8)
+
+
+def _load_probs(path: Path) -> np.ndarray:
+    """A probability file's voxels (float32), its header checked first like a scan's (cap, size, geometry)."""
+    img = open_nifti(path)
+    try:
+        return np.asarray(img.dataobj, np.float32)
+    except Exception as e:  # nibabel, gzip and OS errors of a damaged file
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: cannot read as NIfTI ({msg[:160]})") from None
 
 
 def load_pair(c: CaseFiles, num_classes: int, with_image: bool = True) -> LoadedEval:
@@ -195,8 +216,7 @@ def load_pair(c: CaseFiles, num_classes: int, with_image: bool = True) -> Loaded
         maps[m] = v.array.astype(np.float32)
     probs = None
     if c.probs is not None:
-        img = nib.load(str(c.probs))
-        arr = np.asarray(img.dataobj, np.float32)
+        arr = _load_probs(c.probs)
         if arr.ndim != 4 or tuple(arr.shape[:3]) != truth.shape:
             raise DataError(f"case {c.name}: {c.probs.name} shape {arr.shape}, expected {(*truth.shape, num_classes)}")
         if arr.shape[3] != num_classes:
@@ -215,7 +235,7 @@ def load_pair(c: CaseFiles, num_classes: int, with_image: bool = True) -> Loaded
 
 def max_truth_label(cases: list[CaseFiles]) -> int:
     """Largest label in any truth file: the label set when no class list exists (predictions must fit in it)."""
-    return max(int(np.rint(load_volume(c.truth).array).max()) for c in cases)
+    return max(int(_integer_valued(load_volume(c.truth), c.name, "truth").max()) for c in cases)
 
 
 __all__ = ["UNC_MAPS", "CaseFiles", "LoadedEval", "class_names", "load_pair", "max_truth_label", "pair_cases",

@@ -10,10 +10,15 @@ inputs are missing (no probabilities, no uncertainty maps) is not drawn and the 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from tunepp_deploy.data.nifti import write_atomic
+from tunepp_deploy.errors import DataError
 from tunepp_deploy.evaluation.cases import LoadedEval
 from tunepp_deploy.evaluation.compute import CaseResult
 from tunepp_deploy.metrics.ranking import risk_coverage
@@ -180,6 +186,40 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
+#: Written last when a staged report is moved into place: its presence means the report is complete.
+REPORT_MD = "report.md"
+
+
+@contextlib.contextmanager
+def staged_outputs(out: Path) -> Iterator[Path]:
+    """A hidden folder inside ``out`` to write the report's files into, moved into ``out`` on success.
+
+    Each file is atomic already, but a report is several files: a full disk halfway through would
+    leave ``metrics.json`` and some plots without ``report.md`` (or next to an older report.md). So
+    everything is written into ``out/.tunepp_eval.*``, then renamed into ``out`` (same file system, no
+    copy), ``report.md`` last; on any failure the staging folder goes, ``out`` keeps what it had, and
+    an ``out`` this call created (and left empty) is removed too.
+    """
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".tunepp_eval.", dir=out))
+    except OSError as e:
+        raise DataError(f"{out}: cannot create the report folder ({e.strerror or e})") from None
+    try:
+        yield stage
+        names = sorted(p.name for p in stage.iterdir())
+        for name in [*(n for n in names if n != REPORT_MD), *(n for n in names if n == REPORT_MD)]:
+            os.replace(stage / name, out / name)
+    except OSError as e:
+        raise DataError(f"{out}: cannot write the report ({e.strerror or e})") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            with contextlib.suppress(OSError):
+                out.rmdir()
+
+
 def write_markdown(out: Path, summary: dict[str, Any], plots: dict[str, Path | None], panels: list[Path]) -> Path:
     s = summary
     lines = [
@@ -232,9 +272,9 @@ def write_markdown(out: Path, summary: dict[str, Any], plots: dict[str, Path | N
     for p in panels:
         lines.append(f"![{p.stem}]({p.name})")
     text = "\n".join(lines) + "\n"
-    path = out / "report.md"
+    path = out / REPORT_MD
     write_atomic(path, lambda tmp: tmp.write_text(text))
     return path
 
 
-__all__ = ["plot_case_panel", "worst_cases", "write_markdown", "write_tables"]
+__all__ = ["REPORT_MD", "plot_case_panel", "staged_outputs", "worst_cases", "write_markdown", "write_tables"]
