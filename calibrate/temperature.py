@@ -80,7 +80,7 @@ from tunepp_deploy import model_file
 from tunepp_deploy.data.dataset import load_case, split_cases
 from tunepp_deploy.data.layout import CasePaths, find_cases
 from tunepp_deploy.data.nifti import write_atomic
-from tunepp_deploy.errors import DataError, TuneppError
+from tunepp_deploy.errors import DataError, ModelMismatchError, TuneppError
 from tunepp_deploy.infer.logit_noise import DEFAULT_NOISE_DRAWS, draw_logit_noise
 from tunepp_deploy.infer.masks import SampleMasks, sample_masks
 from tunepp_deploy.infer.mc import plan_calls
@@ -289,9 +289,7 @@ class TemperedRunner(Runner):
 
     def __init__(self, inner: Runner, temperature: Sequence[float]) -> None:
         super().__init__(inner.meta, inner.device)
-        t = [float(v) for v in temperature]
-        if len(t) not in (1, inner.meta.num_classes) or min(t) <= 0:
-            raise TuneppError(f"temperature must be 1 or {inner.meta.num_classes} positive values, got {t}")
+        t = model_file.check_temperature(list(temperature), "temperature", inner.meta.num_classes)
         self.inner, self.temperature = inner, t
         self.name = inner.name
 
@@ -565,13 +563,19 @@ def read_temperature_fit(model: str | Path) -> dict[str, Any] | None:
     p = Path(model)
     kind = model_file.model_kind(p)
     if kind == "onnx":
-        props = {q.key: q.value for q in onnx.load(str(p), load_external_data=False).metadata_props}
-        raw = props.get(ONNX_FIT_KEY)
-        return None if raw is None else dict(json.loads(raw))
-    if kind == "checkpoint":
+        props = model_file.read_onnx_props(p)
+        if ONNX_FIT_KEY not in props:
+            return None
+        fit = model_file.parse_json_prop(props, ONNX_FIT_KEY, p)
+    elif kind == "checkpoint":
         fit = read_checkpoint(p).get(CHECKPOINT_FIT_KEY)
-        return None if fit is None else dict(fit)
-    raise TuneppError(f"{p}: temperatures are stored in checkpoints and ONNX files, not engines")
+        if fit is None:
+            return None
+    else:
+        raise TuneppError(f"{p}: temperatures are stored in checkpoints and ONNX files, not engines")
+    if not isinstance(fit, dict):
+        raise ModelMismatchError(f"{p}: stored temperature fit ({ONNX_FIT_KEY}) is not a JSON object")
+    return dict(fit)
 
 
 def store_temperature(model: str | Path, fit: TemperatureFit, out: str | Path | None = None) -> Path:

@@ -23,6 +23,7 @@ from tunepp_deploy.errors import ConfigError, ModelMismatchError
 from tunepp_deploy.model.blocks.conv import Int3
 from tunepp_deploy.model.blocks.dropout import DropoutSite
 from tunepp_deploy.model.network import TUNEPP
+from tunepp_deploy.model_file import meta_ints, meta_number, parse_json_prop
 
 #: Bumped when the graph's inputs/outputs or the metadata keys change meaning.
 EXPORT_FORMAT = 1
@@ -107,20 +108,40 @@ class ModelMeta:
                 f"{__version__} (format {EXPORT_FORMAT}); re-export it"
             )
         try:
-            cfg = config_from_dict(json.loads(props[PREFIX + "config"]), f"{source} metadata")
-            window = tuple(int(w) for w in json.loads(props[PREFIX + "window"]))
-            sites = tuple(
-                DropoutSite(d["name"], int(d["channels"]), float(d["p"]), d["mode"], tuple(d["stride"]))
-                for d in json.loads(props[PREFIX + "dropout_sites"])
-            )
+            cfg = config_from_dict(parse_json_prop(props, PREFIX + "config", source), f"{source} metadata")
         except ConfigError as e:
             raise ModelMismatchError(str(e)) from None
-        except (KeyError, ValueError, TypeError) as e:
-            raise ModelMismatchError(f"{source}: corrupt tunepp metadata ({type(e).__name__}: {e})") from None
+        window = meta_ints(parse_json_prop(props, PREFIX + "window", source), PREFIX + "window", source, length=3)
+        sites = _sites(parse_json_prop(props, PREFIX + "dropout_sites", source), source)
         expected = [p for p in _positions(cfg) if p in cfg.model.dropout.sites]
         if [s.name for s in sites] != expected:
             raise ModelMismatchError(f"{source}: dropout sites in the metadata disagree with its config")
         return cls(cfg, window, sites, props.get(PREFIX + "version", "?"), int(fmt))  # type: ignore[arg-type]
+
+
+def _sites(raw: object, source: str) -> tuple[DropoutSite, ...]:
+    """The ``dropout_sites`` prop as sites; a malformed entry is one line naming the key."""
+    key = PREFIX + "dropout_sites"
+    if not isinstance(raw, list):
+        raise ModelMismatchError(f"{source}: metadata {key!r} is not a list")
+    sites = []
+    for d in raw:
+        if not isinstance(d, dict) or not {"name", "channels", "p", "mode", "stride"} <= set(d):
+            raise ModelMismatchError(f"{source}: metadata {key!r} entry {str(d)[:60]} lacks "
+                                     "name/channels/p/mode/stride")
+        try:
+            sites.append(DropoutSite(str(d["name"]), meta_ints([d["channels"]], key, source)[0],
+                                     meta_number(d["p"], key, source, 0.0, 1.0), _mode(d["mode"], key, source),
+                                     meta_ints(d["stride"], key, source, length=3)))
+        except (ValueError, TypeError) as e:  # DropoutSite's own checks
+            raise ModelMismatchError(f"{source}: metadata {key!r} entry {str(d)[:60]}: {e}") from None
+    return tuple(sites)
+
+
+def _mode(raw: object, key: str, source: str) -> str:
+    if raw not in ("channel", "element"):
+        raise ModelMismatchError(f"{source}: metadata {key!r} mode {str(raw)[:30]!r} is not channel or element")
+    return str(raw)
 
 
 def _positions(cfg: TuneppConfig) -> list[str]:

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -62,7 +66,9 @@ def detect_method(path: str | Path) -> str:
     method = None
     if kind == "checkpoint":
         try:
-            ckpt = torch.load(p, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's pickle-protocol warnings would be extra stderr lines
+                warnings.simplefilter("ignore")
+                ckpt = torch.load(p, map_location="cpu", weights_only=True)
         except Exception:  # corrupt or foreign: TUNE++'s loader words the error
             return "tunepp"
         method = ckpt.get("method") if isinstance(ckpt, dict) else None
@@ -105,46 +111,123 @@ def single_backend(path: str | Path, backend: str, method: str) -> str:
     return natural
 
 
-def _finite_positive(values: list[float], where: str) -> list[float]:
-    if not values or not all(math.isfinite(v) and v > 1e-6 for v in values):
-        raise ModelMismatchError(f"{where}: stored temperature {values} is not a list of finite values > 1e-6")
+# ---------------------------------------------------------------------------------------------------
+# metadata values: every value a model file carries is parsed and range-checked here, so a corrupt,
+# non-numeric or absurd value is one line naming the file and the key, never a JSON traceback or a
+# NaN that propagates into the maps.
+
+#: Temperatures accepted from a model file or a caller: finite and within ``[0.01, 100]``, the range
+#: ``tunepp calibrate temperature`` fits in (``|log T| <= log 100``). Outside it the tempered softmax
+#: is a one-hot (T -> 0: 1e-30 passes ``> 0`` yet turns every logit into +-inf) or uniform (T -> inf).
+TEMPERATURE_RANGE = (0.01, 100.0)
+#: Relative slack on the range so that ``exp(+-log 100)`` from the fit's bound is accepted.
+_RANGE_SLACK = 1e-9
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def parse_json_prop(props: Mapping[str, str], key: str, where: str | Path) -> Any:
+    """The JSON value of metadata prop ``key``; a missing key or broken JSON is one line naming the key."""
+    if key not in props:
+        raise ModelMismatchError(f"{where}: metadata key {key!r} is missing")
+    raw = props[key]
+    try:
+        return json.loads(raw)
+    except (ValueError, TypeError) as e:
+        raise ModelMismatchError(f"{where}: metadata key {key!r} is not valid JSON ({_short(raw, 40)}: "
+                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def meta_number(value: Any, key: str, where: str | Path, lo: float | None = None, hi: float | None = None) -> float:
+    """``value`` as a finite float within ``[lo, hi]``; anything else (a string, a bool, NaN) is one line."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ModelMismatchError(f"{where}: metadata {key!r} value {_short(value)} is not a number")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ModelMismatchError(f"{where}: metadata {key!r} value {v} is not finite")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ModelMismatchError(f"{where}: metadata {key!r} value {v:g} is outside {lo:g}..{hi:g}")
+    return v
+
+
+def meta_ints(value: Any, key: str, where: str | Path, length: int | None = None, lo: int = 1,
+              hi: int = 1 << 16) -> tuple[int, ...]:
+    """``value`` as a tuple of whole numbers in ``[lo, hi]`` (``length`` of them when given), e.g. a window."""
+    if not isinstance(value, list | tuple) or (length is not None and len(value) != length):
+        want = f"a list of {length} whole numbers" if length is not None else "a list of whole numbers"
+        raise ModelMismatchError(f"{where}: metadata {key!r} value {_short(value)} is not {want}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not lo <= int(v) <= hi:
+            raise ModelMismatchError(f"{where}: metadata {key!r} value {_short(value)} must hold whole numbers "
+                                     f"in {lo}..{hi}")
+        out.append(int(v))
+    return tuple(out)
+
+
+def check_temperature(raw: Any, where: str | Path, classes: int | None = None) -> list[float]:
+    """The one validator of a temperature, wherever it comes from (ONNX prop, checkpoint key, caller).
+
+    ``raw``: a number, a list/tuple of numbers or a tensor; each value must be finite and within
+    :data:`TEMPERATURE_RANGE`, and there must be 1 or ``classes`` of them. Anything else is a one-line
+    :class:`ModelMismatchError`, so a temperature is never applied unless it is sane.
+    """
+    if isinstance(raw, torch.Tensor):
+        raw = raw.detach().reshape(-1).tolist()
+    elif isinstance(raw, numbers.Real) and not isinstance(raw, bool):
+        raw = [raw]
+    if not isinstance(raw, list | tuple) or not raw:
+        raise ModelMismatchError(f"{where}: stored temperature {_short(raw)} is not a list of numbers")
+    lo, hi = TEMPERATURE_RANGE
+    values = []
+    for v in raw:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise ModelMismatchError(f"{where}: stored temperature {_short(raw)} holds a non-number ({_short(v, 20)})")
+        f = float(v)
+        if not (math.isfinite(f) and lo * (1 - _RANGE_SLACK) <= f <= hi * (1 + _RANGE_SLACK)):
+            raise ModelMismatchError(f"{where}: stored temperature {f:g} is not finite within {lo:g}..{hi:g} "
+                                     "(the range `tunepp calibrate temperature` fits)")
+        values.append(f)
+    if classes is not None and len(values) not in (1, classes):
+        raise ModelMismatchError(f"{where}: stored temperature has {len(values)} values, expected 1 or {classes}")
     return values
 
 
 def read_temperature(model: str | Path) -> list[float] | None:
     """The temperature stored in a checkpoint or ONNX file (None when there is none); a corrupt,
-    non-finite or non-positive value is a one-line error, never applied."""
+    non-numeric, non-finite or out-of-range value (:func:`check_temperature`) is a one-line error,
+    never applied."""
     p = Path(model)
     kind = model_kind(p)
     if kind == "onnx":
         props = read_onnx_props(p)
-        raw = next((props[k] for k in TEMPERATURE_PROPS if k in props), None)
-        if raw is None:
+        key = next((k for k in TEMPERATURE_PROPS if k in props), None)
+        if key is None:
             return None
-        try:
-            values = [float(v) for v in json.loads(raw)]
-        except (ValueError, TypeError) as e:
-            raise ModelMismatchError(f"{p}: corrupt temperature metadata ({type(e).__name__})") from None
-        return _finite_positive(values, str(p))
+        return check_temperature(parse_json_prop(props, key, p), f"{p} (metadata {key!r})")
     if kind == "checkpoint":
         from tunepp_deploy.train.checkpoint import read_checkpoint
 
         t = read_checkpoint(p).get(TEMPERATURE_KEY)
         if t is None:
             return None
-        try:
-            values = [float(v) for v in (t.reshape(-1).tolist() if isinstance(t, torch.Tensor) else t)]
-        except (ValueError, TypeError) as e:
-            raise ModelMismatchError(f"{p}: corrupt stored temperature ({type(e).__name__})") from None
-        return _finite_positive(values, str(p))
+        return check_temperature(t, f"{p} (key {TEMPERATURE_KEY!r})")
     raise TuneppError(f"{p}: temperatures are stored in checkpoints and ONNX files, not engines")
 
 
 __all__ = [
     "METHODS",
     "ONNX_METHOD_PROP",
+    "TEMPERATURE_RANGE",
+    "check_temperature",
     "detect_method",
+    "meta_ints",
+    "meta_number",
     "model_kind",
+    "parse_json_prop",
     "read_onnx_props",
     "read_temperature",
     "resolve_method",

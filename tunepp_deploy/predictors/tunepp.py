@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.infer.masks import mask_alignment, sample_masks
 from tunepp_deploy.infer.mc import MCSettings, mc_predict
 from tunepp_deploy.infer.runners.base import Runner
 from tunepp_deploy.infer.sliding_window import count_windows
 from tunepp_deploy.infer.uncertainty import clamp_and_sum
+from tunepp_deploy.model_file import check_temperature
 from tunepp_deploy.predictors.base import Prediction, Predictor, Progress, counting
 from tunepp_deploy.predictors.settings import RunSettings
 
@@ -39,11 +39,8 @@ class TuneppPredictor(Predictor):
     def __init__(self, runner: Runner, settings: RunSettings, temperature: list[float] | None = None) -> None:
         meta = runner.meta
         super().__init__(meta.config, meta.window, runner.name, runner.device)
-        if temperature is not None:
-            t = [float(v) for v in temperature]
-            if len(t) not in (1, meta.num_classes) or not all(np.isfinite(t)) or min(t) <= 0:
-                raise TuneppError(f"stored temperature must be 1 or {meta.num_classes} positive finite values, got {t}")
-            temperature = t
+        if temperature is not None:  # the one validator of model-file values (finite, within its range)
+            temperature = check_temperature(list(temperature), "temperature", meta.num_classes)
         self.runner, self.settings, self.temperature = runner, settings, temperature
         self.mc = MCSettings(samples=settings.samples, seed=settings.seed, overlap=settings.overlap,
                              max_batch=settings.max_batch, memory_gb=settings.memory_gb, blend=settings.blend,

@@ -8,6 +8,9 @@ is a one-line :class:`ModelMismatchError` rather than a wall of ``size mismatch`
 
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +44,33 @@ def _load(p: Path, what: str) -> Any:
     if not p.is_file():
         raise TuneppError(f"{p}: checkpoint not found")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": a second stderr line for a user
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt/foreign files
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        if isinstance(e, pickle.UnpicklingError) and "weights_only" in text:
+            if re.search(r"\bglobal\b", text, re.IGNORECASE):  # the pickle names code to run
+                raise ModelMismatchError(unsafe_pickle_message(p, text)) from None
+            # garbage: say what the unpickler saw, never torch's advice to retry with weights_only=False
+            after = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else ""
+            detail = next((ln.strip() for ln in after.splitlines() if ln.strip()), "corrupt data")
+            raise ModelMismatchError(f"{p}: not a {what} checkpoint (unreadable: {detail[:120]})") from None
+        msg = text.splitlines()[0] if text else type(e).__name__
         raise ModelMismatchError(f"{p}: not a {what} checkpoint ({msg[:160]})") from None
+
+
+def unsafe_pickle_message(path: Path, torch_message: str) -> str:
+    """The refusal of a checkpoint that ``weights_only=True`` will not unpickle, in one line.
+
+    torch's own message advises retrying with ``weights_only=False``, which would run whatever code the
+    pickle names; a user must not be told to do that for a file of unknown origin, so the message names
+    the refused object (``GLOBAL posix.system``) and says why, nothing more.
+    """
+    found = re.search(r"GLOBAL\s+([\w.]+)", torch_message)
+    what = f" ({found.group(1)})" if found else ""
+    return (f"{path}: refused for safety: the checkpoint contains objects that are not plain tensors or "
+            f"containers{what}, and tunepp loads checkpoints without running pickled code")
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -94,7 +94,8 @@ class TorchGraphRunner(GraphRunner):
         return {n: o.float().cpu() for n, o in zip(self.output_names, outs, strict=True)}
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """The first line of a backend's exception (at most 200 characters), or its type when it says nothing."""
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
 
@@ -135,7 +136,7 @@ class OrtGraphRunner(GraphRunner):
         try:
             outs = self.session.run(list(self.output_names), arrays)
         except Exception as e:  # ORT's exception classes derive from Exception only: make it a case failure
-            raise RuntimeError(f"ONNX Runtime: {_one_line(e)}") from None
+            raise RuntimeError(f"ONNX Runtime: {one_line(e)}") from None
         return {n: torch.from_numpy(o) for n, o in zip(self.output_names, outs, strict=True)}
 
 
@@ -144,4 +145,4 @@ def onnx_props(path: str | Path) -> dict[str, str]:
     return read_onnx_props(path)
 
 
-__all__ = ["GraphRunner", "OrtGraphRunner", "TorchGraphRunner", "onnx_props", "single_backend"]
+__all__ = ["GraphRunner", "OrtGraphRunner", "TorchGraphRunner", "one_line", "onnx_props", "single_backend"]

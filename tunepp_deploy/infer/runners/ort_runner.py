@@ -15,9 +15,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from tunepp_deploy.errors import TuneppError
+from tunepp_deploy.errors import ModelMismatchError, TuneppError
 from tunepp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAMES, ModelMeta
 from tunepp_deploy.infer.runners.base import Runner
+from tunepp_deploy.infer.runners.graph import one_line
 
 
 def ort_providers() -> list[str]:
@@ -46,14 +47,54 @@ def make_session(model: str | bytes, device: torch.device, threads: int | None =
         raise TuneppError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0][:200]}") from None
 
 
+def expected_io(meta: ModelMeta) -> tuple[dict[str, int], dict[str, int]]:
+    """``({input: rank}, {output: rank})`` of the graph contract :mod:`tunepp_deploy.export.onnx_export`
+    writes for ``meta``: ``x`` rank 5, each mask its site's mask rank, ``logits`` / ``log_var`` rank 5."""
+    inputs = {INPUT_NAME: 5, **{n: len(s.mask_shape(meta.window, 1)) for n, s in zip(meta.mask_names, meta.sites,
+                                                                                    strict=True)}}
+    return inputs, {n: 5 for n in OUTPUT_NAMES}
+
+
+def check_session_io(session: ort.InferenceSession, meta: ModelMeta, where: str) -> None:
+    """Refuse a graph that carries tunepp metadata but not the contract's inputs and outputs.
+
+    Metadata can be copied onto any graph; without this check such a file opens fine and fails inside
+    ONNX Runtime on the first window (``InvalidArgument``), after the case was loaded and planned. Names
+    must match exactly, ranks where the graph declares them, element type float32.
+    """
+    want_in, want_out = expected_io(meta)
+    got_in = {i.name: i for i in session.get_inputs()}
+    got_out = {o.name: o for o in session.get_outputs()}
+    if set(got_in) != set(want_in):
+        raise ModelMismatchError(f"{where}: graph inputs {sorted(got_in)} are not the tunepp contract's "
+                                 f"{sorted(want_in)} (a foreign graph with tunepp metadata?)")
+    missing = [n for n in want_out if n not in got_out]
+    if missing:
+        raise ModelMismatchError(f"{where}: graph has no outputs {missing} (it has {sorted(got_out)})")
+    for kind, want, got in (("input", want_in, got_in), ("output", want_out, got_out)):
+        for name, rank in want.items():
+            arg = got[name]
+            shape = arg.shape
+            if arg.type != "tensor(float)":
+                raise ModelMismatchError(f"{where}: graph {kind} {name!r} is {arg.type}, expected tensor(float)")
+            if isinstance(shape, list | tuple) and len(shape) != rank:
+                raise ModelMismatchError(f"{where}: graph {kind} {name!r} has rank {len(shape)}, expected {rank}")
+
+
 class OrtRunner(Runner):
-    """Runs an ONNX model (path or serialized bytes) on ONNX Runtime."""
+    """Runs an ONNX model (path or serialized bytes) on ONNX Runtime.
+
+    The graph's inputs and outputs are checked against ``meta`` when the session opens
+    (:func:`check_session_io`); an ONNX Runtime error during a call becomes a one-line ``RuntimeError``,
+    which the batch loop records as a failed case.
+    """
 
     name = "ort"
 
     def __init__(self, model: str | bytes, meta: ModelMeta, device: torch.device, threads: int | None = None) -> None:
         super().__init__(meta, device)
         self.session = make_session(model, device, threads)
+        check_session_io(self.session, meta, "the exported graph" if isinstance(model, bytes) else str(model))
         self.mask_names = meta.mask_names
 
     def describe(self) -> str:
@@ -65,7 +106,10 @@ class OrtRunner(Runner):
         feed = {INPUT_NAME: x.detach().to("cpu", torch.float32).contiguous().numpy()}
         feed.update({n: m.detach().to("cpu", torch.float32).contiguous().numpy()
                      for n, m in zip(self.mask_names, masks, strict=True)})
-        logits, log_var = self.session.run(list(OUTPUT_NAMES), feed)
+        try:
+            logits, log_var = self.session.run(list(OUTPUT_NAMES), feed)
+        except Exception as e:  # ORT's exception classes derive from Exception only: make it a case failure
+            raise RuntimeError(f"ONNX Runtime: {one_line(e)}") from None
         return torch.from_numpy(logits), torch.from_numpy(log_var)
 
     def _infer_cuda(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,8 +125,11 @@ class OrtRunner(Runner):
         for name, t in zip(OUTPUT_NAMES, outs, strict=True):
             binding.bind_output(name, "cuda", dev_id, np.float32, tuple(t.shape), t.data_ptr())
         torch.cuda.current_stream(self.device).synchronize()  # inputs written by torch must be ready
-        self.session.run_with_iobinding(binding)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as e:
+            raise RuntimeError(f"ONNX Runtime: {one_line(e)}") from None
         return outs[0], outs[1]
 
 
-__all__ = ["OrtRunner", "make_session", "ort_providers"]
+__all__ = ["OrtRunner", "check_session_io", "expected_io", "make_session", "ort_providers"]

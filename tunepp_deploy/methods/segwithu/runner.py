@@ -10,7 +10,6 @@ inference defaults) and the window in its metadata props, which :func:`open_segw
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from tunepp_deploy.errors import ConfigError, ModelMismatchError
 from tunepp_deploy.infer.runners.graph import GraphRunner, OrtGraphRunner, TorchGraphRunner, onnx_props, single_backend
 from tunepp_deploy.methods.segwithu.export import OUTPUTS
 from tunepp_deploy.methods.segwithu.model import SegWithU, load_segwithu
+from tunepp_deploy.model_file import meta_ints, parse_json_prop
 
 #: The graph's only input.
 INPUT = "x"
@@ -53,12 +53,10 @@ def _open_ort(path: Path, device: torch.device, threads: int | None) -> SegWithU
     if props.get("tunepp_method") != "segwithu":
         raise ModelMismatchError(f"{path}: not a SegWithU ONNX file")
     try:
-        cfg = config_from_dict(json.loads(props["config"]), f"{path} metadata")
-        window = tuple(int(w) for w in json.loads(props["window"]))
+        cfg = config_from_dict(parse_json_prop(props, "config", path), f"{path} metadata")
     except ConfigError as e:
         raise ModelMismatchError(str(e)) from None
-    except (KeyError, ValueError, TypeError) as e:
-        raise ModelMismatchError(f"{path}: corrupt SegWithU metadata ({type(e).__name__}: {e})") from None
+    window = meta_ints(parse_json_prop(props, "window", path), "window", path, length=3)
     runner = OrtGraphRunner(path, device, threads, outputs=OUTPUTS)
     if runner.input_names != (INPUT,):
         runner.close()

@@ -36,6 +36,7 @@ from tunepp_deploy.data.nifti import write_atomic
 from tunepp_deploy.errors import ConfigError, ModelMismatchError, TuneppError
 from tunepp_deploy.methods.variational.base import BayesianSegNet
 from tunepp_deploy.methods.variational.train import load_variational
+from tunepp_deploy.model_file import meta_ints, parse_json_prop
 
 #: Version of the metadata contract below; a file of another version is refused (re-export it).
 EXPORT_FORMAT = 1
@@ -125,13 +126,13 @@ def read_variational_props(
             f"{source}: variational export format {props.get('format')} (this tunepp reads {EXPORT_FORMAT}); "
             "re-export it with `tunepp export onnx`")
     try:
-        cfg = config_from_dict(json.loads(props["config"]), f"{source} metadata")
-        settings = dict(json.loads(props["settings"]))
-        window = tuple(int(w) for w in json.loads(props["window"]))
+        cfg = config_from_dict(parse_json_prop(props, "config", source), f"{source} metadata")
     except ConfigError as e:
         raise ModelMismatchError(str(e)) from None
-    except (KeyError, ValueError, TypeError) as e:
-        raise ModelMismatchError(f"{source}: corrupt variational metadata ({type(e).__name__}: {e})") from None
+    settings = parse_json_prop(props, "settings", source)
+    if not isinstance(settings, dict):
+        raise ModelMismatchError(f"{source}: metadata key 'settings' is not a JSON object")
+    window = meta_ints(parse_json_prop(props, "window", source), "window", source, length=3)
     return cfg, settings, window
 
 
