@@ -44,7 +44,7 @@ from typing import Any
 from tunepp_deploy.data.layout import case_names, list_images
 from tunepp_deploy.data.nifti import write_atomic
 from tunepp_deploy.errors import DataError, TuneppError
-from tunepp_deploy.infer.lock import holder, lock_path, try_lock
+from tunepp_deploy.infer.lock import discard_if_free, holder, lock_path, try_lock
 from tunepp_deploy.infer.manifest import case_state, manifest_difference, read_report
 
 #: ``on_case(name, status, message)`` with status ``done``, ``skipped`` or ``failed``.
@@ -231,21 +231,21 @@ def run_batch(
         res.failed.append((name, msg))
         tell(name, "failed", msg)
 
-    for image, name in zip(images, names, strict=True):
+    def one_case(image: Path, name: str) -> None:
         if image.is_symlink() and not image.exists():
             fail(name, image, f"{image}: dangling symbolic link (its target {os.readlink(image)} does not exist)")
-            continue
+            return
         try:
             lock = try_lock(out_dir, name)
         except OSError as e:
             fail(name, image, f"{lock_path(out_dir, name)}: cannot create the case lock ({e.strerror or e})")
-            continue
+            return
         if lock is None:
             who = holder(lock_path(out_dir, name))
             res.skipped.append(name)
             res.busy.append(name)
             tell(name, "skipped", f"{IN_PROGRESS}{f' ({who})' if who else ''}")
-            continue
+            return
         with lock:
             files = _case_files(out_dir, name, outputs_of)
             try:
@@ -253,26 +253,37 @@ def run_batch(
                 state = case_state(files["report"], manifest, files if outputs_of else None, overwrite)
             except Exception as e:  # an unreadable output folder entry: this case only
                 fail(name, image, e)
-                continue
+                return
             if state.status == "complete":
                 res.skipped.append(name)
                 tell(name, "skipped", "complete (report and outputs verified)")
-                continue
+                return
             if state.status == "blocked":
                 fail(name, image, state.reason)
-                continue
+                return
             if state.status == "another":  # made by another run while this one was starting
                 fail(name, image, f"{files['report']}: made with another configuration ({state.reason}); "
                                   "rerun with --overwrite to redo it")
-                continue
+                return
             try:
                 _clear(files)
                 res.reports[name] = infer_one(image)
             except CASE_FAILURES as e:  # any failure of one case: isolate it
                 fail(name, image, e)
-                continue
+                return
         res.done.append(name)
         tell(name, "done", str(res.reports[name]))
+
+    current: str | None = None
+    try:
+        for image, name in zip(images, names, strict=True):
+            current = name
+            one_case(image, name)
+    except BaseException:  # interrupted: leave no lock or temporary of the case in progress
+        if current is not None:
+            files = _case_files(out_dir, current, outputs_of)
+            discard_if_free(lock_path(out_dir, current), lambda: remove_stale_temps(files))
+        raise
     return res
 
 

@@ -19,6 +19,7 @@ import fcntl
 import os
 import socket
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
@@ -64,6 +65,13 @@ def holder(path: Path) -> str:
     return f"pid {text[0]} on {text[1]} since {since}"
 
 
+def _names_same_file(path: Path, fd: int) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def try_lock(out_dir: Path, name: str) -> CaseLock | None:
     """Lock case ``name`` in ``out_dir`` without waiting; ``None`` if a live process holds it."""
     path = lock_path(out_dir, name)
@@ -78,16 +86,38 @@ def try_lock(out_dir: Path, name: str) -> CaseLock | None:
             os.close(fd)
             raise
         try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:  # released and unlinked by its holder after we opened it: lock the new file
+            if not _names_same_file(path, fd):  # released and unlinked by its holder after we opened it
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()} {time.time():.0f}\n".encode())
+            return CaseLock(path, fd)
+        except BaseException:  # interrupted (SIGTERM) while taking it: leave no lock file behind
+            with suppress(OSError):
+                path.unlink()
             os.close(fd)
-            continue
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {socket.gethostname()} {time.time():.0f}\n".encode())
-        return CaseLock(path, fd)
+            raise
     return None
 
 
-__all__ = ["CaseLock", "holder", "lock_path", "try_lock"]
+def discard_if_free(path: Path, cleanup: Callable[[], None] | None = None) -> None:
+    """If no live process holds the lock at ``path``: run ``cleanup`` (e.g. remove the case's temporaries)
+    while holding it, then remove the file. Used after an interruption, which can strike between creating
+    a lock file and releasing it."""
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _names_same_file(path, fd):
+            if cleanup is not None:
+                cleanup()
+            path.unlink()
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+__all__ = ["CaseLock", "discard_if_free", "holder", "lock_path", "try_lock"]
