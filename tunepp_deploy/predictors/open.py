@@ -28,8 +28,12 @@ def open_predictor(
     cuda_graphs: bool = False,
     temperature: bool = True,
     saliency_target: str = "bottleneck",
+    compile: bool = False,
 ) -> Predictor:
-    """Open ``model`` as the predictor of its method (module docstring); the caller closes it."""
+    """Open ``model`` as the predictor of its method (module docstring); the caller closes it.
+
+    ``compile``: torch.compile the TUNE++ network's trunk and head (torch backend; other methods ignore it).
+    """
     from tunepp_deploy.infer.runners.load import resolve_device
     from tunepp_deploy.model_file import read_temperature, resolve_method
 
@@ -53,7 +57,8 @@ def open_predictor(
     from tunepp_deploy.infer.runners import open_runner
     from tunepp_deploy.predictors.tunepp import TuneppPredictor
 
-    runner = open_runner(path, backend, device, amp=amp, cuda_graphs=cuda_graphs, threads=threads)
+    runner = open_runner(path, backend, device, amp=amp, cuda_graphs=cuda_graphs, threads=threads,
+                         compile=compile)
     try:
         t = None
         if temperature and runner.name != "trt":

@@ -72,17 +72,19 @@ def open_runner(
     amp: bool = True,
     cuda_graphs: bool = False,
     threads: int | None = None,
+    compile: bool = False,
 ) -> Runner:
     """Load ``model`` on ``backend`` (module docstring). The caller closes the runner.
 
     A runner executes the graph as exported: a temperature stored by ``tunepp calibrate temperature``
-    is applied by the TUNE++ predictor (:mod:`tunepp_deploy.predictors.tunepp`), not here.
+    is applied by the TUNE++ predictor (:mod:`tunepp_deploy.predictors.tunepp`), not here. ``compile``
+    runs a checkpoint's trunk and head through ``torch.compile`` (torch backend only).
     """
-    return _open_backend(Path(model), backend, device, amp, cuda_graphs, threads)
+    return _open_backend(Path(model), backend, device, amp, cuda_graphs, threads, compile)
 
 
 def _open_backend(
-    path: Path, backend: str, device: str, amp: bool, cuda_graphs: bool, threads: int | None
+    path: Path, backend: str, device: str, amp: bool, cuda_graphs: bool, threads: int | None, compile: bool = False
 ) -> Runner:
     if backend not in BACKENDS:
         raise TuneppError(f"unknown backend '{backend}' (use {', '.join(BACKENDS)})")
@@ -122,7 +124,7 @@ def _open_backend(
     net, cfg = load_checkpoint_network(path)
     if threads:
         torch.set_num_threads(threads)
-    return TorchRunner(net, meta_for(net, cfg), dev, amp=amp, cuda_graphs=cuda_graphs)
+    return TorchRunner(net, meta_for(net, cfg), dev, amp=amp, cuda_graphs=cuda_graphs, compile=compile)
 
 
 __all__ = ["BACKENDS", "model_kind", "open_runner", "read_model_meta", "read_onnx_meta", "resolve_device"]
