@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from batch_tools import MAPS, leftovers, make_model, start_cli, write_scans
 
 from tunepp_deploy.infer.batch import report_path
@@ -15,6 +16,7 @@ from tunepp_deploy.infer.manifest import case_state
 NAMES = ["k0", "k1", "k2", "k3"]
 
 
+@pytest.mark.slow  # subprocess runs: ~3 torch start-ups
 def test_two_concurrent_runs_compute_each_case_once(tmp_path: Path) -> None:
     model = make_model(tmp_path / "model")
     inp = tmp_path / "in"

@@ -33,6 +33,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     return model, root / "in", root / "ref"
 
 
+@pytest.mark.slow  # subprocess runs: ~3 torch start-ups
 def test_kill9_then_sigterm_then_rerun_gives_the_uninterrupted_outputs(setup, tmp_path: Path) -> None:
     model, inp, ref = setup
     out = tmp_path / "out"
