@@ -1,8 +1,10 @@
-"""``tunepp bench`` (MC-inference latency), ``tunepp bench kernels`` (topology kernels) and
-``tunepp bench memory`` (the streamed exact blend's memory against all samples in one chunk).
+"""``tunepp bench`` (MC-inference latency), ``tunepp bench kernels`` (topology kernels),
+``tunepp bench memory`` (the streamed exact blend's memory against all samples in one chunk) and
+``tunepp bench gpu`` (the GPU acceptance suite, ``make gpu-check``; ``--dry`` on the CPU).
 
 Thin wrappers: the logic is :func:`tunepp_deploy.bench.mc_bench.run_mc_bench`,
-:func:`tunepp_deploy.bench.kernels.run_kernel_bench` and :func:`tunepp_deploy.bench.memory.run_memory_bench`.
+:func:`tunepp_deploy.bench.kernels.run_kernel_bench`, :func:`tunepp_deploy.bench.memory.run_memory_bench`
+and :func:`tunepp_deploy.bench.gpu.run_gpu_suite`.
 """
 
 from __future__ import annotations
@@ -139,6 +141,52 @@ def memory(
     console = Console(stderr=True)
     result = run_memory_bench(settings, log=lambda msg: console.print(msg, highlight=False))
     typer.echo(markdown(result))
+
+
+@app.command("gpu")
+@user_errors
+def gpu(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (gpu.json, gpu.md, gpu.png): $OUT on "
+                                                          "the device.")] = Path("gpu_out"),
+    dry: Annotated[bool, typer.Option("--dry", help="CPU rehearsal at tiny sizes (every path that needs no GPU).")]
+    = False,
+    budget_s: Annotated[float | None, typer.Option(min=10.0, help="Wall seconds before the remaining sections "
+                                                                   "are skipped (default 420; dry 600).")] = None,
+    paths: Annotated[str | None, typer.Option(help="MC paths: fp32, tf32, bf16, bf16_graphs, bf16_compile, "
+                                                   "fp32_compile.")] = None,
+    samples: Annotated[str | None, typer.Option(help="MC sample counts (default 25,1; dry 3,1).")] = None,
+    volume: Annotated[str | None, typer.Option(help="Model-grid size DxHxW (default 240x240x160).")] = None,
+    kernel_sizes: Annotated[str | None, typer.Option(help="Kernel sizes (default 96x96x96,256x256x128,"
+                                                          "512x512x256).")] = None,
+    repeats: Annotated[int | None, typer.Option(min=1, help="Timed runs per configuration (default 3).")] = None,
+    memory_gb: Annotated[float | None, typer.Option(min=0.01, help="Engine budget of the speed runs (default 64).")]
+    = None,
+    tests: Annotated[str | None, typer.Option(help="GPU test files for pytest -m gpu ('' for none).")] = None,
+    install_record: Annotated[Path | None, typer.Option(help="bench/device/install.py's --record, for the "
+                                                             "report.")] = None,
+    naive: Annotated[bool, typer.Option(help="Also run the seed's naive loop once.")] = True,
+) -> None:
+    """The GPU suite: kernels vs cupyx and CPU, torch CUDA MC paths at Synapse size, 4 GB budget, GPU tests."""
+    from tunepp_deploy.bench.gpu import GpuSettings, dry_settings, run_gpu_suite
+    from tunepp_deploy.bench.gpu_report import summary_text
+
+    given = {"budget_s": budget_s, "repeats": repeats, "memory_gb": memory_gb, "install_record": install_record,
+             "paths": _csv(paths) if paths is not None else None,
+             "samples": _ints(samples, "--samples") if samples is not None else None,
+             "volume": _volume(volume) if volume else None,
+             "kernel_sizes": tuple(_volume(v, "--kernel-sizes") for v in _csv(kernel_sizes)) if kernel_sizes else None,
+             "tests": _csv(tests) if tests is not None else None}
+    kw = {k: v for k, v in given.items() if v is not None}
+    settings = dry_settings(out, naive=naive, **kw) if dry else GpuSettings(out=out, naive=naive, **kw)
+    from tunepp_deploy.bench.gpu_mc import PATHS
+
+    bad = [p for p in settings.paths if p not in PATHS]
+    if bad:
+        raise TuneppError(f"unknown --paths {bad} (use {', '.join(PATHS)})")
+    console = Console(stderr=True)
+    result = run_gpu_suite(settings, log=lambda msg: console.print(msg, highlight=False))
+    typer.echo(summary_text(result))
+    typer.echo(f"wrote {out}/gpu.json, gpu.md, gpu.png")
 
 
 __all__ = ["app"]
