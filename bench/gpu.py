@@ -209,13 +209,13 @@ def run_gpu_suite(s: GpuSettings, log: Callable[[str], None] = print) -> dict[st
                                      samples=s.samples, paths=s.paths, repeats=s.repeats, warmup=s.warmup,
                                      memory_gb=s.memory_gb, jetson_gb=s.jetson_gb,
                                      matmul_n=256 if s.dry else 8192, compile_backend=compile_backend,
-                                     naive=s.naive)
+                                     naive=s.naive, dry_run=s.dry)
         result["mc"] = gpu_mc.run_mc(mcs, device, clock.left, log)
     else:
         result["mc"] = {"skipped": "no CUDA device"}
     log(f"MC done at {clock.elapsed():.0f} s")
 
-    result["tests"] = run_pytest(s.tests, min(clock.left() + 60.0, 240.0))
+    result["tests"] = run_pytest(s.tests, min(max(clock.left(), 0.0) + 60.0, 180.0))
     result["environment"]["loadavg_end"] = list(os.getloadavg())
     result["wall_s"] = clock.elapsed()
     result["summary"] = summary_rows(result)

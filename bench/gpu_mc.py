@@ -61,6 +61,9 @@ from .workload import EagerForward, make_scan, run_engine, run_naive, settings_o
 PUBLISHED_A100 = {"single_s": 1.1, "mc25_s": 2.8, "source": "TUNE++ seed README (A100)"}
 #: Issue 15's goals on an H100 / H200 (figures to report, not tests).
 GOALS = {"mc25_s": 0.28, "single_s": 0.1, "mc25_peak_gb": 4.0}
+#: Seconds a compiled path needs at least (inductor's build of the Synapse trunk and head is a guess:
+#: no device has run it yet).
+COMPILE_RESERVE_S = 120.0
 MAP_NAMES = ("aleatoric", "epistemic", "total", "predictive_entropy", "mutual_information")
 #: A tiny network for the device-vs-CPU parity (as the CPU tests use).
 TINY = {"model.widths": [8, 16], "model.depths": [1, 1], "model.decoder_depths": [1],
@@ -295,6 +298,7 @@ class McSuiteSettings:
     compile_backend: str = "inductor"
     naive: bool = True
     seed: int = 0
+    dry_run: bool = False
 
 
 def run_mc(s: McSuiteSettings, device: torch.device, time_left: Callable[[], float],
@@ -318,6 +322,7 @@ def run_mc(s: McSuiteSettings, device: torch.device, time_left: Callable[[], flo
     entries: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     kept: dict[str, EngineRun] = {}
+    walls: dict[int, float] = {}
     out: dict[str, Any] = {"grid": list(grid), "scan_shape": list(scan.hu.shape), "window": list(meta.window),
                            "windows": count_windows(grid, meta.window, cfg.overlap), "classes": meta.num_classes,
                            "sites": [x.name for x in meta.sites], "config": meta.config.name,
@@ -345,28 +350,32 @@ def run_mc(s: McSuiteSettings, device: torch.device, time_left: Callable[[], flo
             f"peak {m['peak_device_mb'] or 0:.0f} MB, {m['runner_calls']} calls, trunk {m['trunk']}")
         return e
 
-    for path in s.paths:
-        why = skip_reason(path, device)
-        if why:
-            skipped.append({"what": path, "reason": why})
-            continue
-        runner = open_path(path, net, meta, device, s.compile_backend)
-        for n in s.samples:
-            if time_left() <= 0:
-                skipped.append({"what": f"{path} S={n}", "reason": "suite deadline"})
+    def run_paths(names: Sequence[str]) -> None:
+        for path in names:
+            why = skip_reason(path, device)
+            if why:
+                skipped.append({"what": path, "reason": why})
                 continue
-            t0 = time.perf_counter()
-            with tf32(PATHS[path].tf32):
-                m, last = measure(runner, pre, masks_for(n), mc_for(n, s.memory_gb), s.warmup, s.repeats)
-            e = entry("mc", path, n, m, runner)
-            e["wall_s_with_warmup"] = time.perf_counter() - t0
-            if n == s_ref:
-                kept[path] = last
-        runner.close()
+            runner = open_path(path, net, meta, device, s.compile_backend)
+            for n in s.samples:
+                # start only what should end before the deadline: 1.5x the last path's wall time at this S
+                # (warm-up included), and for a compiled path at least COMPILE_RESERVE_S for inductor's build
+                need = 1.5 * walls.get(n, 0.0) + (COMPILE_RESERVE_S if PATHS[path].compile and not s.dry_run else 0.0)
+                if time_left() <= need:
+                    skipped.append({"what": f"{path} S={n}", "reason": f"suite deadline ({time_left():.0f} s left, "
+                                                                       f"~{need:.0f} s needed)"})
+                    continue
+                t0 = time.perf_counter()
+                with tf32(PATHS[path].tf32):
+                    m, last = measure(runner, pre, masks_for(n), mc_for(n, s.memory_gb), s.warmup, s.repeats)
+                e = entry("mc", path, n, m, runner)
+                e["wall_s_with_warmup"] = walls[n] = time.perf_counter() - t0
+                if n == s_ref:
+                    kept[path] = last
+            runner.close()
 
-    ref_path = next((p for p in ("fp32", *s.paths) if p in kept), None)
-    out["parity_vs"] = ref_path
-    out["parity"] = {p: _diff(r, kept[ref_path]) for p, r in kept.items() if ref_path and p != ref_path}
+    # compiled paths last: their build may eat the budget that the 4 GB run and the baselines need
+    run_paths([p for p in s.paths if not PATHS.get(p, PATHS['fp32']).compile])
 
     best = next((p for p in ("bf16_graphs", "bf16", "fp32") if p in s.paths and skip_reason(p, device) is None),
                 None)
@@ -403,6 +412,11 @@ def run_mc(s: McSuiteSettings, device: torch.device, time_left: Callable[[], flo
         log(f"  naive S={n}: {engine_part:.3f} s without the CPU stages ({r.total:.3f} s end to end)")
     elif s.naive:
         skipped.append({"what": "naive loop", "reason": "suite deadline" if meta.sites else "no dropout sites"})
+
+    run_paths([p for p in s.paths if PATHS.get(p, PATHS["fp32"]).compile])
+    ref_path = next((p for p in ("fp32", *s.paths) if p in kept), None)
+    out["parity_vs"] = ref_path
+    out["parity"] = {p: _diff(r, kept[ref_path]) for p, r in kept.items() if ref_path and p != ref_path}
 
     out["entries"] = entries
     out["skipped"] = skipped
