@@ -155,3 +155,35 @@ def test_malicious_pickle_in_a_real_process(tmp_path: Path) -> None:
     assert not marker.exists()
     corpus.assert_one_line_error(proc.returncode, proc.stderr, contains="not a tunepp checkpoint")
     assert "weights_only" not in proc.stderr and not (tmp_path / "m.onnx").exists()
+
+
+def _nan_checkpoint(tmp_path: Path, tiny_model, where: str) -> Path:
+    """The tiny model with one weight NaN (what a diverged training run saves): ``first`` — the first
+    convolution (every output NaN), ``log_var`` — the heteroscedastic head (only the logit noise NaN)."""
+    from tunepp_deploy.model import build_network
+    from tunepp_deploy.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    net = build_network(tiny_model.cfg).eval()
+    weights = [(n, p) for n, p in net.named_parameters() if p.dim() > 1]
+    param = weights[0][1] if where == "first" else dict(weights)["log_var.weight"]
+    with torch.no_grad():
+        param.view(-1)[0] = float("nan")
+    return save_checkpoint(tmp_path / "nan.pt", net, tiny_model.cfg, epoch=0)
+
+
+@pytest.mark.parametrize("where", ["first", "log_var"])
+def test_nan_weights_refuse_the_case_instead_of_writing_nan_maps(tmp_path: Path, tiny_model, scan: Path,
+                                                                 where: str) -> None:
+    """Issue 12 item 1: NaN weights gave NaN maps, exit 0 and a 'safe' report (triage 0, nothing flagged)."""
+    model = _nan_checkpoint(tmp_path, tiny_model, where)
+    out = tmp_path / "out"
+    res = _infer(scan, out, model)  # the run header is printed before the model runs; then one error line
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.exit_code == 2 and "Traceback" not in res.stderr and len(errors) == 1 and "non-finite" in errors[0]
+    assert tree(out) == []  # no map, no report, no temporary
+    folder = scan.parent
+    write_nifti(folder / "other_0000.nii.gz", corpus.scan_data())
+    res = _infer(folder, out, model)  # a folder: each case fails on its own, the run exits 1, nothing written
+    assert res.exit_code == 1 and "Traceback" not in res.stderr
+    assert not list(out.glob("*_report.json")) and not list(out.glob("*.nii.gz"))
