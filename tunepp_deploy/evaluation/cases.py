@@ -1,6 +1,8 @@
 """Pairing prediction files with ground-truth labels, and loading one pair with its checks.
 
-Predictions follow ``tunepp infer``'s names (:func:`tunepp_deploy.infer.case.output_paths`):
+Predictions follow ``tunepp infer``'s names (:func:`tunepp_deploy.infer.case.output_paths`) —
+or are plain ``NAME.nii.gz`` label maps as nnU-Net and TotalSegmentator write them, one naming per
+folder (:func:`find_predictions`; ambiguity is a one-line error):
 ``NAME_seg.nii.gz`` (labels), the uncertainty maps ``NAME_<map>.nii.gz`` (in ``--unc`` or next to the
 segmentation), optionally ``NAME_probs.nii.gz`` (4D, K class probabilities, needed for calibration
 metrics) and ``NAME_report.json`` (its ``classes``, ``outputs`` and ``flag_map``). The maps read are
@@ -85,8 +87,64 @@ def truth_folder(gt: Path) -> Path:
     return gt / "labelsTr" if (gt / "labelsTr").is_dir() else gt
 
 
+def _scan_of_own_case(pred: Path, name: str, path: Path) -> bool:
+    """True when ``path`` (``NAME.nii.gz`` in the prediction folder) is the scan of a ``tunepp infer`` case
+    there (``-o`` equal to ``-i``): ``NAME_report.json`` names it as its ``input``."""
+    rep = pred / f"{name}_report.json"
+    if not rep.is_file():
+        return False
+    try:
+        src = json.loads(rep.read_text()).get("input")
+        return isinstance(src, str) and Path(src).resolve() == path.resolve()
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+def find_predictions(pred: Path, truth_names: set[str]) -> tuple[dict[str, Path], str]:
+    """``({case: segmentation file}, naming)`` of a prediction folder; naming is ``seg`` or ``plain``.
+
+    Two namings are accepted, one per folder: ``tunepp infer``'s ``NAME_seg.nii.gz`` (with its maps and
+    report next to it) and the plain ``NAME.nii.gz`` that nnU-Net and TotalSegmentator write, which pairs
+    with the truth of the same name. A plain file is one whose name is a truth's; ``X_seg.nii.gz`` is ours
+    for case ``X`` unless ``X_seg`` itself is a truth name and ``X`` is not. One-line :class:`DataError`
+    where that cannot be decided: a file that is both (truths ``X`` and ``X_seg`` exist), a case with both
+    ``NAME_seg`` and ``NAME`` files (the plain one is not the case's own scan, see below), or a folder
+    mixing the two namings (two tools' outputs in one folder). With ``-o`` equal to ``-i`` our folder also
+    holds the scans ``NAME.nii.gz``: a plain file that ``NAME_report.json`` names as its ``input`` is that
+    case's scan, not a prediction.
+    """
+    ours: dict[str, Path] = {}
+    plain: dict[str, Path] = {}
+    for p in sorted(pred.iterdir()):
+        stem = _strip_nii(p.name)
+        if not p.is_file() or stem == p.name or p.name.startswith("."):
+            continue
+        base = stem[: -len(SEG_SUFFIX)] if stem.endswith(SEG_SUFFIX) else None
+        if base and stem in truth_names and base in truth_names:
+            raise DataError(f"{p}: ambiguous prediction: the segmentation of case {base} (tunepp naming) or a "
+                            f"prediction of case {stem} (plain naming); rename or move one of the truths")
+        if base and stem not in truth_names:
+            ours[base] = p
+        elif stem in truth_names:
+            plain[stem] = p
+    for name, p in list(plain.items()):
+        if name in ours and _scan_of_own_case(pred, name, p):
+            del plain[name]
+    both = sorted(set(ours) & set(plain))
+    if both:
+        n = both[0]
+        raise DataError(f"case {n}: both {ours[n].name} and {plain[n].name} in {pred} could be its prediction "
+                        f"({len(both)} such case(s)); keep one naming per folder")
+    if ours and plain:
+        a, b = next(iter(ours.values())), next(iter(plain.values()))
+        raise DataError(f"{pred}: mixes NAME_seg.nii.gz predictions (e.g. {a.name}) with plain NAME.nii.gz ones "
+                        f"(e.g. {b.name}); keep one naming per folder")
+    return (ours, "seg") if ours or not plain else (plain, "plain")
+
+
 def pair_cases(pred: Path, gt: Path, unc: Path | None = None, allow_missing: bool = False) -> list[CaseFiles]:
-    """Match ``NAME_seg`` predictions with ``NAME`` truths (module docstring), sorted by name."""
+    """Match predictions (``NAME_seg`` or plain ``NAME``, :func:`find_predictions`) with ``NAME`` truths
+    (module docstring), sorted by name."""
     if not pred.is_dir():
         raise DataError(f"{pred}: prediction folder not found")
     lab_dir = truth_folder(gt)
@@ -94,22 +152,28 @@ def pair_cases(pred: Path, gt: Path, unc: Path | None = None, allow_missing: boo
     unc_dir = unc or pred
     if not unc_dir.is_dir():
         raise DataError(f"{unc_dir}: uncertainty folder not found")
-    preds = {}
-    for p in pred.iterdir():
-        stem = _strip_nii(p.name)
-        if p.is_file() and stem != p.name and stem.endswith(SEG_SUFFIX):
-            preds[stem[: -len(SEG_SUFFIX)]] = p
     truths = {_strip_nii(p.name): p for p in lab_dir.iterdir()
               if p.is_file() and p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith(".")}
+    if pred.resolve() == lab_dir.resolve():
+        raise DataError(f"{pred}: the prediction folder is the truth folder")
+    preds, naming = find_predictions(pred, set(truths))
     if not preds:
-        raise DataError(f"{pred}: no NAME_seg.nii.gz predictions found")
+        raise DataError(f"{pred}: no predictions found (NAME_seg.nii.gz, or NAME.nii.gz named like a truth in "
+                        f"{lab_dir})")
+    if naming == "plain":
+        extra = sorted(p.name for p in pred.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and p.name.endswith((".nii", ".nii.gz")) and _strip_nii(p.name) not in truths)
+        if extra:
+            raise DataError(f"{pred}/{extra[0]}: a plain NAME.nii.gz prediction with no truth "
+                            f"{_strip_nii(extra[0])}.nii.gz in {lab_dir} ({len(extra)} such file(s))")
     for name in sorted(preds):
         if name not in truths:
             raise DataError(f"case {name}: prediction {preds[name].name} has no truth {name}.nii.gz in {lab_dir}")
     if not allow_missing:
+        want = "{}_seg.nii.gz" if naming == "seg" else "{}.nii.gz"
         for name in sorted(truths):
             if name not in preds:
-                raise DataError(f"case {name}: truth {truths[name].name} has no prediction {name}_seg.nii.gz in "
+                raise DataError(f"case {name}: truth {truths[name].name} has no prediction {want.format(name)} in "
                                 f"{pred} (use --allow-missing to evaluate only the predicted cases)")
     out = []
     for name in sorted(preds):
@@ -238,5 +302,5 @@ def max_truth_label(cases: list[CaseFiles]) -> int:
     return max(int(_integer_valued(load_volume(c.truth), c.name, "truth").max()) for c in cases)
 
 
-__all__ = ["UNC_MAPS", "CaseFiles", "LoadedEval", "class_names", "load_pair", "max_truth_label", "pair_cases",
-           "report_maps", "truth_folder"]
+__all__ = ["UNC_MAPS", "CaseFiles", "LoadedEval", "class_names", "find_predictions", "load_pair", "max_truth_label",
+           "pair_cases", "report_maps", "truth_folder"]
