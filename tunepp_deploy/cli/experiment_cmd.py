@@ -117,12 +117,15 @@ def noise_draws(
         "docs/results"),
     samples: Annotated[int, typer.Option(min=1, help="Dropout samples S.")] = 25,
     repeats: Annotated[int, typer.Option(min=1, help="Noise seeds per T.")] = 3,
+    reference: Annotated[int, typer.Option(min=1, help="T of the reference run.")] = 256,
+    draws: Annotated[str, typer.Option(help="Comma-separated ladder of T.")] = "0,2,4,8,16,32",
 ) -> None:
-    """Logit-noise draws T vs the error of the aleatoric / epistemic / total maps against T = 256 (one case)."""
+    """Logit-noise draws T vs the error of the aleatoric / epistemic / total maps against a large-T reference."""
     from tunepp_deploy.experiments.noise_draws import run_noise_draws
 
     console = Console(stderr=True)
-    run_noise_draws(model, image, out, samples=samples, repeats=repeats, log=console.print)
+    run_noise_draws(model, image, out, draws=_ints(draws, "--draws"), reference=reference, samples=samples,
+                    repeats=repeats, log=console.print)
     console.print(f"-> [bold]{out / 'noise_draws.md'}[/]")
 
 
