@@ -14,6 +14,7 @@ from tunepp_deploy.cli.doctor_cmd import doctor
 from tunepp_deploy.cli.evaluate_cmd import evaluate
 from tunepp_deploy.cli.infer_cmd import infer
 from tunepp_deploy.cli.model_cmd import model_info
+from tunepp_deploy.cli.report_cmd import report
 from tunepp_deploy.cli.segwithu_cmd import train_head
 from tunepp_deploy.cli.topo_cmd import topo
 from tunepp_deploy.cli.train_cmd import train
@@ -40,6 +41,7 @@ app.add_typer(bench_app, name="bench")
 app.command("train-head")(train_head)
 app.command("train-vi")(train_vi)
 app.command("compare")(compare)
+app.command("report")(report)
 
 
 def _version(value: bool) -> None:

@@ -15,8 +15,8 @@ from tunepp_deploy.cli.errors import user_errors
 @user_errors
 def evaluate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (metrics.json, metrics.csv, report.md).")],
-    pred: Annotated[Path | None, typer.Option("--pred", help="Predictions: NAME_seg.nii.gz (+ maps, NAME_probs).")]
-    = None,
+    pred: Annotated[Path | None, typer.Option(
+        "--pred", help="Predictions: NAME_seg.nii.gz (+ maps, NAME_probs), or plain NAME.nii.gz (nnU-Net).")] = None,
     gt: Annotated[Path | None, typer.Option("--gt", help="Truth: dataset root (labelsTr/) or folder of NAME.nii.gz.")]
     = None,
     unc: Annotated[Path | None, typer.Option("--unc", help="Uncertainty maps folder (default: --pred).")] = None,

@@ -99,17 +99,22 @@ def infer(
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (torch backend).")] = True,
     cuda_graphs: Annotated[bool, typer.Option(help="Replay CUDA graphs (torch backend on CUDA).")] = False,
     temperature: Annotated[bool, typer.Option(help="Apply the temperature stored by `calibrate temperature`.")] = True,
+    num_parts: Annotated[int, typer.Option(help="Split a folder into N parts (job arrays, one part per GPU); "
+                                                "case i of the name-sorted list goes to part i % N.")] = 1,
+    part_id: Annotated[int, typer.Option(help="The part this run computes, 0..N-1 (with --num-parts).")] = 0,
 ) -> None:
     """Segmentation with uncertainty maps and a JSON report: TUNE++ MC dropout, SegWithU, a variational network
     or saliency fusion."""
     from tunepp_deploy.data.layout import case_names, list_images
     from tunepp_deploy.errors import TuneppError
     from tunepp_deploy.infer.batch import check_output_dir, remove_if_empty
+    from tunepp_deploy.infer.shard import check_part, shard
     from tunepp_deploy.model_file import resolve_method
     from tunepp_deploy.predictors.settings import RunOptions
 
     if blend not in ("auto", "sample", "window"):
         raise TuneppError(f"unknown --blend '{blend}' (use auto, sample or window)")
+    check_part(num_parts, part_id)
     if not input.exists():
         raise TuneppError(f"{input}: file or folder not found")
     chosen = "saliency" if method == "saliency" else resolve_method(method, model)
@@ -118,8 +123,15 @@ def infer(
         "--blend": blend != "auto", "--noise-draws": noise_draws is not None, "--no-amp": not amp,
         "--cuda-graphs": cuda_graphs, "--no-temperature": not temperature,
     })
+    if input.is_file() and num_parts > 1:
+        raise TuneppError(f"{input}: --num-parts splits a folder of scans, not a single file")
     images = list_images(input, out)
     names = case_names(images)  # colliding, empty or hidden case names: one line before any work
+    part = shard(images, num_parts, part_id) if num_parts > 1 else None
+    if part is not None:
+        typer.echo(f"part {part_id} of {num_parts}: {len(part)} of {len(images)} cases", err=True)
+        if not part:
+            return
     if input.is_file():  # a single scan: refuse unusable input before loading the model or printing anything
         from tunepp_deploy.data.nifti import load_volume
 
@@ -128,7 +140,8 @@ def infer(
     try:
         with _sigterm_as_interrupt() as got:
             try:
-                _run_batch(input, out, model, chosen, backend, device, overwrite, flag_threshold, names,
+                _run_batch(input if part is None else part, out, model, chosen, backend, device, overwrite,
+                           flag_threshold, names,
                            RunOptions(samples=samples, seed=seed, overlap=overlap, max_batch=max_batch,
                                       memory_gb=memory_gb, blend=blend, noise_draws=noise_draws),  # type: ignore[arg-type]
                            dict(threads=threads, amp=amp, cuda_graphs=cuda_graphs, temperature=temperature))
@@ -142,9 +155,14 @@ def infer(
             remove_if_empty(out)
 
 
-def _run_batch(input: Path, out: Path, model: Path, method: str, backend: str, device: str, overwrite: bool,
-               flag_threshold: float, names: list[str], opts: RunOptions, open_kw: dict[str, Any]) -> None:
-    """Open the predictor and run every case, with progress bars; exit 1 if any case failed."""
+def _run_batch(input: Path | list[Path], out: Path, model: Path, method: str, backend: str, device: str,
+               overwrite: bool, flag_threshold: float, names: list[str], opts: RunOptions,
+               open_kw: dict[str, Any]) -> None:
+    """Open the predictor and run every case (``input``: a scan, a folder or one part's scans), with progress
+    bars; a folder run then writes the triage page ``OUT/index.html``; exit 1 if any case failed.
+
+    ``names`` are the whole folder's case names: reports of another configuration refuse every part.
+    """
     from tunepp_deploy.infer.batch import refuse_other_runs
     from tunepp_deploy.infer.case import CaseOptions, run_paths
     from tunepp_deploy.infer.manifest import run_manifest
@@ -171,7 +189,8 @@ def _run_batch(input: Path, out: Path, model: Path, method: str, backend: str, d
         console.print(f"[bold]{predictor.describe_runner()}[/] ({predictor.method}{extra}), window={predictor.window}")
         progress.start()
         try:
-            tasks["cases"] = progress.add_task("cases", total=len(names))
+            total = len(input) if isinstance(input, list) else len(names)
+            tasks["cases"] = progress.add_task("cases", total=total)
             tasks["work"] = progress.add_task("windows x samples", total=None)
             res = run_paths(input, out, predictor, CaseOptions(overwrite, flag_threshold, model=model), on_case,
                             on_work)
@@ -180,6 +199,18 @@ def _run_batch(input: Path, out: Path, model: Path, method: str, backend: str, d
     busy = f" ({len(res.busy)} in progress elsewhere)" if res.busy else ""
     console.print(f"{len(res.done)} done, {len(res.skipped)} skipped{busy}, {len(res.failed)} failed -> "
                   f"[bold]{out}[/]", soft_wrap=True)
+    folder_run = isinstance(input, list) or input.is_dir()
+    if folder_run and (any(out.glob("*_report.json")) or (out / "index.html").exists()):
+        # the triage page of every case reported in OUT so far (none: a run whose cases all failed leaves no page)
+        from tunepp_deploy.errors import TuneppError
+        from tunepp_deploy.report.page import write_page
+
+        try:
+            page = write_page(out)
+            console.print(f"triage page: {page.path} ({page.rows} cases)", soft_wrap=True)
+        except TuneppError as e:  # e.g. a full disk: the cases are written; the page is `tunepp report OUT` later
+            console.print(f"[yellow]warning:[/] triage page not written ({e}); rebuild it with tunepp report {out}",
+                          soft_wrap=True, highlight=False)
     if res.failed:
         console.print(f"[red]failed:[/] {', '.join(n for n, _ in res.failed)}", soft_wrap=True)
         raise typer.Exit(1)
