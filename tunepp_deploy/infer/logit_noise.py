@@ -28,6 +28,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from tunepp_deploy.infer.allocator import Workspace
+
 #: Default number of logit-noise draws per dropout sample (convergence: docs/uncertainty.md).
 DEFAULT_NOISE_DRAWS = 8
 #: Stream key for the noise draws, so they never coincide with a dropout site's stream ``[seed, i]``.
@@ -52,25 +54,46 @@ def draw_logit_noise(seed: int, sample_ids: Sequence[int], draws: int, classes: 
     return out
 
 
-def sampled_softmax(logits: torch.Tensor, log_var: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
+def sampled_softmax(logits: torch.Tensor, log_var: torch.Tensor, eps: torch.Tensor | None,
+                    out: torch.Tensor | None = None, work: Workspace | None = None) -> torch.Tensor:
     """``mean_t softmax(z + sigma * eps_t)`` per row: ``logits [R, K, ...]``, ``log_var [R, 1, ...]``,
     ``eps [R, T, K]`` (row ``r``'s draws) -> ``[R, K, ...]`` float32.
 
     ``eps`` None or with ``T == 0`` gives the plain softmax (no logit noise). The draws are summed one
-    at a time, so memory is two ``[R, K, ...]`` buffers whatever ``T``.
+    at a time into ``out`` (a contiguous float32 ``[R, K, ...]`` the caller owns, e.g. its slice of a
+    reusable output buffer; allocated when None). ``work``: where the noisy logits, one draw's softmax and
+    sigma live between calls — without it they are allocated per call, and above glibc's mmap threshold
+    each is a fresh zero-filled mmap every call (:mod:`tunepp_deploy.infer.allocator`). The same ops in
+    the same order either way: the result is bit-identical with or without ``out`` / ``work``.
     """
     z = logits.float()
+    if out is None:
+        out = torch.empty(z.shape, dtype=torch.float32, device=z.device)
     if eps is None or eps.shape[1] == 0:
-        return torch.softmax(z, dim=1)
+        return _softmax_into(z, out)
     if eps.shape[0] != z.shape[0] or eps.shape[2] != z.shape[1]:
         raise ValueError(f"noise {tuple(eps.shape)} does not match logits {tuple(z.shape)}")
-    sigma = torch.exp(0.5 * log_var.float())
+    lv = log_var.float()
+    if work is None:
+        y, s, sigma = torch.empty_like(z), torch.empty_like(z), torch.empty_like(lv)
+    else:
+        y, s, sigma = work.get("softmax_y", z.shape), work.get("softmax_s", z.shape), work.get("sigma", lv.shape)
+    torch.mul(lv, 0.5, out=sigma).exp_()
     trail = (1,) * (z.dim() - 2)
     e = eps.to(z.device, torch.float32)
-    acc = torch.zeros_like(z)
+    out.zero_()
     for t in range(e.shape[1]):
-        acc += torch.softmax(torch.addcmul(z, sigma, e[:, t].reshape(*e.shape[::2], *trail)), dim=1)
-    return acc.div_(e.shape[1])
+        torch.addcmul(z, sigma, e[:, t].reshape(*e.shape[::2], *trail), out=y)
+        out.add_(_softmax_into(y, s))
+    return out.div_(e.shape[1])
+
+
+def _softmax_into(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``torch.softmax(x, 1)`` written into ``out`` (the same kernel: ``aten::_softmax.out``)."""
+    try:
+        return torch._softmax(x, 1, False, out=out)
+    except (AttributeError, TypeError, RuntimeError):  # a torch without the out= overload: one temporary
+        return out.copy_(torch.softmax(x, dim=1))
 
 
 __all__ = ["DEFAULT_NOISE_DRAWS", "NOISE_STREAM", "draw_logit_noise", "sampled_softmax"]

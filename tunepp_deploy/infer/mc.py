@@ -33,6 +33,7 @@ import torch
 
 from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.export.metadata import ModelMeta
+from tunepp_deploy.infer.allocator import Workspace, tune_malloc
 from tunepp_deploy.infer.logit_noise import DEFAULT_NOISE_DRAWS, draw_logit_noise, sampled_softmax
 from tunepp_deploy.infer.masks import SampleMasks, mask_alignment
 from tunepp_deploy.infer.moments import SampleStats
@@ -146,6 +147,8 @@ def mc_predict(
     """
     meta = runner.meta
     t0 = time.perf_counter()
+    tune_malloc()  # once per process: large blocks from the heap, reused (infer/allocator.py)
+    work = Workspace(runner.device)  # the run's reusable per-call buffers
     S, K = masks.samples, meta.num_classes
     if masks.sites and tuple(s.name for s in masks.sites) != tuple(s.name for s in meta.sites):
         raise TuneppError("masks were drawn for other dropout sites than the model's")
@@ -187,7 +190,8 @@ def mc_predict(
     state = {"ids": -1, "batch": 0}
 
     def probs_rows(x: torch.Tensor, sub: list[int], feats: tuple[torch.Tensor, ...] | None,
-                   starts: Sequence[tuple[int, ...]] | None) -> torch.Tensor:
+                   starts: Sequence[tuple[int, ...]] | None, into: torch.Tensor) -> torch.Tensor:
+        """The rows' predictives written into ``into [len(sub), b, K, *window]`` (contiguous)."""
         nonlocal calls
         b = x.shape[0]
         rows = masks.rows(sub, b, runner.device, starts=starts)
@@ -195,7 +199,8 @@ def mc_predict(
         calls += 1
         logits, log_var = _tempered(logits, log_var, temp)
         eps = noise[sub].repeat_interleave(b, dim=0)  # row j * b + w: sample sub[j]
-        return sampled_softmax(logits, log_var, eps).view(len(sub), b, K, *x.shape[2:])
+        sampled_softmax(logits, log_var, eps, out=into.view(len(sub) * b, K, *x.shape[2:]), work=work)
+        return into
 
     def trunk_of(x: torch.Tensor, ids: Sequence[int]) -> tuple[torch.Tensor, ...] | None:
         nonlocal cache_bytes
@@ -217,10 +222,10 @@ def mc_predict(
 
     def per_sample(x: torch.Tensor, ids: Sequence[int], starts: Sequence[tuple[int, ...]] | None) -> list[torch.Tensor]:
         feats = trunk_of(x, ids)
-        out = torch.empty((len(ids), x.shape[0], K, *x.shape[2:]), device=runner.device)
+        # one buffer for every window batch: the blend has added the previous batch before this call
+        out = work.get("window_out", (len(ids), x.shape[0], K, *x.shape[2:]))
         for sub in sample_chunks(len(ids), plan.samples_per_call):
-            sel = [ids[j] for j in sub]
-            out[sub[0] : sub[-1] + 1] = probs_rows(x, sel, feats, starts)
+            probs_rows(x, [ids[j] for j in sub], feats, starts, out[sub[0] : sub[-1] + 1])
         return [out]
 
     def window_moments(x: torch.Tensor, ids: Sequence[int],
@@ -231,7 +236,8 @@ def mc_predict(
         sq = torch.zeros((b, *x.shape[2:]), dtype=torch.float64, device=runner.device)
         ent = torch.zeros_like(sq)
         for sub in sample_chunks(len(ids), plan.samples_per_call):
-            p = probs_rows(x, [ids[j] for j in sub], feats, starts).double()
+            into = work.get("window_out", (len(sub), b, K, *x.shape[2:]))
+            p = probs_rows(x, [ids[j] for j in sub], feats, starts, into).double()
             mean += p.sum(0)
             sq += (p * p).sum((0, 2))
             ent += entropy(p, 2).sum(0)
@@ -240,14 +246,16 @@ def mc_predict(
 
     vol = volume.to(runner.device, torch.float32)
     stats = SampleStats()
-    stream = stream_chunks(vol, per_sample if blend == "sample" else window_moments, meta.window, S, chunk,
-                           overlap=settings.overlap, batch=plan.windows_per_call, progress=progress,
-                           reduced=blend == "window", align=align)
-    for _ids, (out,) in stream:
-        if blend == "sample":
-            stats.add(out)
-        else:
+    if blend == "sample":  # the chunk's sums fold straight into the statistics (no normalised copy)
+        for _ids, sums in stream_chunks(vol, per_sample, meta.window, S, chunk, overlap=settings.overlap,
+                                        batch=plan.windows_per_call, progress=progress, align=align, sums=True):
+            stats.add_stitched(sums.accs[0], sums.norm, sums.spatial)
+    else:
+        for _ids, (out,) in stream_chunks(vol, window_moments, meta.window, S, chunk, overlap=settings.overlap,
+                                          batch=plan.windows_per_call, progress=progress, reduced=True,
+                                          align=align):
             stats.add_moments(out[0, :K], out[0, K], out[0, K + 1], S)
+    work.clear()  # the run's buffers go before the maps are made, not when the caller drops them
     if n_chunks > 1:  # a one-graph runner, or a trunk too big to cache, recomputes (some of) it per chunk
         batches = math.ceil(n_win / plan.windows_per_call)
         trunk = "cached" if len(cache) == batches else ("partly cached" if cache else "recomputed")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from tunepp_deploy.infer.stitch import can_fold, entropy64, fold_chunk
 from tunepp_deploy.infer.uncertainty import UncertaintyMaps, entropy
 
 #: Size of the float64 temporaries one slab of :meth:`SampleStats.add` makes (bounded whatever the volume).
@@ -43,12 +44,20 @@ class SampleStats:
         self.add(p[None])
 
     def add(self, chunk: torch.Tensor) -> None:
-        """A chunk of samples ``[n, K, ...]``; chunks of any size give the same result."""
+        """A chunk of samples ``[n, K, ...]``; chunks of any size give the same result.
+
+        CPU float32 volumes ``[n, K, D, H, W]`` go through the fused kernel (one pass, no temporaries,
+        :mod:`tunepp_deploy.infer.stitch`); anything else through torch in float64 slabs.
+        """
         if chunk.dim() < 2:
             raise ValueError(f"a chunk of samples must be [n, K, ...], got {tuple(chunk.shape)}")
         if self._sum is None:
             self._init(chunk[0])
         assert self._sum is not None and self._sq is not None and self._ent is not None
+        if can_fold(chunk):
+            fold_chunk(self._sum, self._sq, self._ent, chunk)
+            self.count += int(chunk.shape[0])
+            return
         k = chunk.shape[1]
         sum_v, sq_v, ent_v = self._sum.view(k, -1), self._sq.view(-1), self._ent.view(-1)
         step = max(1, SLAB_BYTES // (8 * k))  # voxels per slab: float64 temporaries stay ~SLAB_BYTES each
@@ -60,6 +69,23 @@ class SampleStats:
                 sq_v[a : a + step] += (p64 * p64).sum(0)
                 ent_v[a : a + step] += entropy(p64, 0)
             self.count += 1
+
+    def add_stitched(self, acc: torch.Tensor, norm: torch.Tensor, spatial: tuple[int, ...]) -> None:
+        """A chunk given by its stitched sums: ``acc [n, K, *padded]`` Gaussian-weighted sums, ``norm
+        [*padded]`` the summed weights, ``spatial`` the volume's grid (the padded one cropped at the end).
+
+        The same as ``add((acc / norm)[..., :D, :H, :W])`` (to float64 round-off), without the normalised
+        copy: on CPU one fused pass (:func:`~tunepp_deploy.infer.stitch.fold_chunk`).
+        """
+        if can_fold(acc):
+            if self._sum is None:
+                self._init(acc[0, :, : spatial[0], : spatial[1], : spatial[2]])
+            assert self._sum is not None and self._sq is not None and self._ent is not None
+            fold_chunk(self._sum, self._sq, self._ent, acc, norm)
+            self.count += int(acc.shape[0])
+            return
+        crop = (slice(None), slice(None), *(slice(0, s) for s in spatial))
+        self.add((acc / norm)[crop])
 
     def add_moments(self, mean: torch.Tensor, mean_sq: torch.Tensor, mean_entropy: torch.Tensor, count: int) -> None:
         """``count`` samples given by their means of ``p`` ``[K, ...]``, ``sum_k p^2`` and ``H[p]`` ``[...]``.
@@ -85,7 +111,8 @@ class SampleStats:
         total = (1.0 - (mean * mean).sum(0)).clamp_min(0.0)
         aleatoric = (1.0 - self._sq / n).clamp_min(0.0)
         epistemic = (total - aleatoric).clamp_min(0.0)
-        pe = entropy(mean, 0)
+        # on CPU the fold's log (libm) for both entropies: one sample gives MI = 0 exactly
+        pe = entropy64(mean) if mean.device.type == "cpu" else entropy(mean, 0)
         mi = (pe - self._ent / n).clamp_min(0.0)
         return UncertaintyMaps(mean.float(), epistemic.float(), aleatoric.float(), pe.float(), mi.float())
 

@@ -27,7 +27,7 @@ import torch
 
 from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.infer.moments import SLAB_BYTES
-from tunepp_deploy.infer.sliding_window import sliding_window
+from tunepp_deploy.infer.sliding_window import StitchedSums, stitch_sums
 
 #: ``predict(windows [B, C, *window], sample_ids, starts) -> outputs``, each ``[m, B, c, *window]``
 #: (``m = len(sample_ids)`` per-sample outputs, or ``m = 1`` for outputs already reduced over samples).
@@ -90,33 +90,33 @@ def stream_chunks(
     progress: Callable[[int], None] | None = None,
     reduced: bool = False,
     align: int | Sequence[int] = 1,
-) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+    sums: bool = False,
+) -> Iterator[tuple[list[int], list[torch.Tensor]]] | Iterator[tuple[list[int], StitchedSums]]:
     """For each chunk of sample ids, the predictor's outputs stitched over ``volume [C, D, H, W]``.
 
     Yields ``(ids, [out_i [m, c_i, D, H, W]])``. ``reduced`` runs all samples as one chunk whose
     outputs the predictor has already reduced per window (the per-window-moment blend). ``progress(n)``
     is called with windows x samples completed. ``align``: window starts on multiples of it (element
     dropout masks depend on the volume position; :func:`tunepp_deploy.infer.masks.mask_alignment`); the
-    predictor always receives the windows' start voxels.
+    predictor always receives the windows' start voxels. ``sums``: yield ``(ids, StitchedSums)`` — the
+    un-normalised sums ``[m, c_i, *padded]`` and the weights — for a caller that folds them itself
+    (:meth:`SampleStats.add_stitched <tunepp_deploy.infer.moments.SampleStats.add_stitched>`, which
+    skips the normalised copy). The outputs are stitched in the predictor's ``[m, B, c, *window]`` layout
+    (no transposed copy), so a predictor may hand back the same buffer every call.
     """
     chunks = [list(range(samples))] if reduced else sample_chunks(samples, chunk)
     for ids in chunks:
-        leading: list[int] = []
 
-        def predictor(x: torch.Tensor, starts: list[tuple[int, ...]], ids: list[int] = ids,
-                      leading: list[int] = leading) -> list[torch.Tensor]:
-            outs = predict(x, ids, starts)
-            leading[:] = [int(o.shape[0]) for o in outs]
-            b = x.shape[0]
-            return [o.transpose(0, 1).reshape(b, o.shape[0] * o.shape[2], *o.shape[3:]) for o in outs]
+        def predictor(x: torch.Tensor, starts: list[tuple[int, ...]], ids: list[int] = ids) -> list[torch.Tensor]:
+            return predict(x, ids, starts)
 
         def step(k: int, n: int = len(ids)) -> None:
             if progress is not None:
                 progress(k * n)
 
-        stitched = sliding_window(volume, predictor, window, overlap=overlap, batch=batch, progress=step,
-                                  align=align, with_starts=True)
-        yield ids, [s.view(m, s.shape[0] // m, *s.shape[1:]) for s, m in zip(stitched, leading, strict=True)]
+        stitched = stitch_sums(volume, predictor, window, overlap=overlap, batch=batch, progress=step,
+                               align=align, with_starts=True, sample_major=True)
+        yield (ids, stitched) if sums else (ids, stitched.normalised())
 
 
 __all__ = ["RAISE_BUDGET", "STATS_EXTRA_MAPS", "ChunkPredictor", "plan_chunk", "sample_chunks", "slab_bytes",

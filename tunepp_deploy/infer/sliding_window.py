@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -95,6 +96,22 @@ def window_slices(
     return [tuple(slice(a, a + w) for a, w in zip(pos, window, strict=True)) for pos in itertools.product(*starts)]
 
 
+@dataclass
+class StitchedSums:
+    """What the blend accumulates before normalising: ``accs[i]`` the Gaussian-weighted sums of output
+    ``i`` on the padded grid, ``norm`` the summed weights, ``spatial`` the volume's own grid (the padded
+    one cropped at the end of each axis)."""
+
+    accs: list[torch.Tensor]
+    norm: torch.Tensor
+    spatial: tuple[int, ...]
+
+    def normalised(self) -> list[torch.Tensor]:
+        """``acc / norm`` cropped to ``spatial``, per output (new tensors)."""
+        crop = tuple(slice(0, s) for s in self.spatial)
+        return [(a / self.norm)[(..., *crop)] for a in self.accs]
+
+
 def sliding_window(
     volume: torch.Tensor,
     predictor: WindowPredictor | PositionalPredictor,
@@ -115,6 +132,30 @@ def sliding_window(
     voxels = volume voxels, as padding is at the end). Returns one tensor (K_i, D, H, W) per predictor
     output, on the volume's device.
     """
+    return stitch_sums(volume, predictor, window, overlap, batch, pad_value, progress, align,
+                       with_starts).normalised()
+
+
+def stitch_sums(
+    volume: torch.Tensor,
+    predictor: WindowPredictor | PositionalPredictor,
+    window: Sequence[int],
+    overlap: float = 0.5,
+    batch: int = 4,
+    pad_value: float | None = None,
+    progress: Callable[[int], None] | None = None,
+    align: Align = 1,
+    with_starts: bool = False,
+    sample_major: bool = False,
+) -> StitchedSums:
+    """:func:`sliding_window` up to, not including, the normalisation (its arguments, same meaning).
+
+    ``sample_major``: the predictor's outputs are ``[m, B, c, *window]`` (``m`` per-sample outputs of each
+    of the ``B`` windows, as the MC engine makes them) and the sums ``[m, c, *padded]`` — no transposed
+    copy of the outputs. Each window is added with one in-place ``addcmul_`` into its slice of the sums
+    (no ``o * weight`` temporary: above glibc's mmap threshold that temporary was a fresh zero-filled
+    mmap per window, :mod:`tunepp_deploy.infer.allocator`); float32, bit for bit the product then the sum.
+    """
     window = tuple(int(w) for w in window)
     aligns = _aligns(align, len(window))
     spatial = tuple(volume.shape[1:])
@@ -133,16 +174,17 @@ def sliding_window(
         starts = [tuple(d.start for d in sl) for sl in chunk]
         outs = predictor(x, starts) if with_starts else predictor(x)  # type: ignore[call-arg]
         if acc is None:
-            acc = [torch.zeros((o.shape[1], *padded), device=volume.device, dtype=torch.float32) for o in outs]
+            lead = (lambda o: (o.shape[0], o.shape[2])) if sample_major else (lambda o: (o.shape[1],))
+            acc = [torch.zeros((*lead(o), *padded), device=volume.device, dtype=torch.float32) for o in outs]
         for sl, j in zip(chunk, range(len(chunk)), strict=True):
             for a, o in zip(acc, outs, strict=True):
-                a[(slice(None), *sl)] += o[j].float() * weight
+                src = o[:, j] if sample_major else o[j]
+                a[(..., *sl)].addcmul_(src.float(), weight)
             norm[sl] += weight
         if progress is not None:
             progress(len(chunk))
     assert acc is not None
-    crop = (slice(None), *(slice(0, s) for s in spatial))
-    return [(a / norm)[crop] for a in acc]
+    return StitchedSums(acc, norm, spatial)
 
 
 def count_windows(shape: Sequence[int], window: Sequence[int], overlap: float, align: Align = 1) -> int:
