@@ -250,15 +250,27 @@ def _measure(fn: Callable[[], RunResult], warmup: int, repeats: int, device: tor
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     runs: list[RunResult] = []
+    faults: list[int] = []
     with RssSampler() as rss:
         for _ in range(repeats):
+            f0 = _minor_faults()
             runs.append(fn())
+            faults.append(_minor_faults() - f0)
     last = runs[-1]
     totals = [r.total for r in runs]
+    stages = {st: spread([r.stages[st] for r in runs])["median"] for st in STAGES}
+    engine = stages["network"] + stages["stitching"] + stages["uncertainty"]
+    fault_median = float(np.median(faults))
     return {
         "latency_s": spread(totals),
         "latency_runs_s": totals,
-        "stages_s": {st: spread([r.stages[st] for r in runs])["median"] for st in STAGES},
+        "stages_s": stages,
+        # the engine's non-network share (issue 14: under 10% of MC-25); medians of the stages
+        "stitch_uncertainty_s": stages["stitching"] + stages["uncertainty"],
+        "stitch_uncertainty_share": (stages["stitching"] + stages["uncertainty"]) / engine if engine else None,
+        # minor page faults (ru_minflt) of a whole timed run, median; per call: divided by the runner calls
+        "minor_faults_per_run": fault_median,
+        "minor_faults_per_call": fault_median / max(1, last.calls),
         "windows": last.windows,
         "runner_calls": last.calls,
         "windows_per_call": last.windows_per_call,
@@ -270,6 +282,15 @@ def _measure(fn: Callable[[], RunResult], warmup: int, repeats: int, device: tor
         "peak_device_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "_result": last,
     }
+
+
+def _minor_faults() -> int:
+    """This process's minor page faults so far (0 where ``resource`` is missing, i.e. Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
 
 def _entry(kind: str, backend: str, precision: str, samples: int, runner: str, m: dict[str, Any],

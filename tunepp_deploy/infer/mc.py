@@ -120,7 +120,11 @@ def plan_calls(meta: ModelMeta, samples: int, max_batch: int, memory_gb: float, 
 
 def window_output_bytes(meta: ModelMeta, windows_per_call: int) -> int:
     """What each sample of a chunk costs besides its stitched maps: its window batch's outputs
-    ``[n, B, K, *window]`` float32 and the transposed copy that ``stream_chunks`` hands to the blend."""
+    ``[n, B, K, *window]`` float32, counted twice. Since the engine reuses one output buffer and the
+    blend reads its ``[n, B, K]`` layout directly (no transposed copy any more), the second copy is
+    headroom: an over-estimate kept so that budgets planned before stay valid (not re-measured).
+    Likewise ``plan_chunk`` still counts a normalised copy that the exact blend's fused fold no longer
+    makes (the other samplers still do)."""
     return 2 * int(windows_per_call) * meta.num_classes * math.prod(meta.window) * 4
 
 
