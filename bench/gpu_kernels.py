@@ -14,15 +14,13 @@ The dry run (no GPU) passes ``scipy`` as the backend under test: every line here
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import scipy.ndimage as ndi
 
-from .kernels import _host, _sync_for, _to_device, phantom_volume
+from .kernels import _host, _sync_for, _to_device, median_time, phantom_volume
 
 SIZES = ((96, 96, 96), (256, 256, 128), (512, 512, 256))
 ORGANS = 9
@@ -62,17 +60,6 @@ def organ_labels(shape: tuple[int, int, int], organs: int = ORGANS, seed: int = 
     fields = np.stack([ndi.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma) for _ in range(organs)])
     top = fields.argmax(0).astype(np.int32) + 1
     return np.where(fields.max(0) > 0.6 * fields.std(), top, 0).astype(np.int32)
-
-
-def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """Median seconds of ``repeats`` calls after one untimed warm-up (JIT, NVRTC compile, allocator)."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def _ops(backend: str) -> dict[str, Callable[[Any], Any]]:
@@ -139,19 +126,19 @@ def timing(backends: Sequence[str], sizes: Sequence[tuple[int, int, int]], repea
         cpu_reps = max(1, repeats - 2) if m8.size > 2**25 else repeats
         ref: dict[str, Any] = {}
         for kernel, fn in _ops("numba").items():
-            t, ref[kernel] = _timed(lambda fn=fn, m8=m8: fn(m8), cpu_reps)
+            t, ref[kernel] = median_time(lambda fn=fn, m8=m8: fn(m8), cpu_reps)
             rows.append({"size": size, "kernel": kernel, "impl": "tunepp numba (CPU)", "seconds": t, "ok": True})
-        t, ref["betti9"] = _timed(lambda lab=labels: betti_per_label(lab, ORGANS, backend="numba"), cpu_reps)
+        t, ref["betti9"] = median_time(lambda lab=labels: betti_per_label(lab, ORGANS, backend="numba"), cpu_reps)
         rows.append({"size": size, "kernel": f"betti {ORGANS} labels", "impl": "tunepp numba (CPU)", "seconds": t,
                      "ok": True})
         for b in backends:
             dev, dev_labels = _to_device(m8, b), _to_device(labels, b)
             for kernel, fn in _ops(b).items():
-                t, out = _timed(lambda fn=fn, dev=dev: fn(dev), repeats)
+                t, out = median_time(lambda fn=fn, dev=dev: fn(dev), repeats)
                 ok, diff = _compare(kernel, out, ref[kernel])
                 rows.append({"size": size, "kernel": kernel, "impl": f"tunepp {b}", "seconds": t, "ok": ok,
                              "max_abs_diff": diff})
-            t, out = _timed(lambda b=b, d=dev_labels: betti_per_label(d, ORGANS, backend=b), repeats)
+            t, out = median_time(lambda b=b, d=dev_labels: betti_per_label(d, ORGANS, backend=b), repeats)
             rows.append({"size": size, "kernel": f"betti {ORGANS} labels", "impl": f"tunepp {b}", "seconds": t,
                          "ok": bool(np.array_equal(out, ref["betti9"]))})
         if cupyx:
@@ -165,7 +152,7 @@ def timing(backends: Sequence[str], sizes: Sequence[tuple[int, int, int]], repea
                 cupy.cuda.Device().synchronize()
                 return out
 
-            t, out = _timed(edt, repeats)
+            t, out = median_time(edt, repeats)
             ok, diff = _compare("edt", out, ref["edt"])
             rows.append({"size": size, "kernel": "edt", "impl": "cupyx distance_transform_edt (pads to a cube)",
                          "seconds": t, "ok": ok, "max_abs_diff": diff, "padded_to": [max(shape)] * 3})

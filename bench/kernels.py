@@ -35,7 +35,8 @@ def phantom_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     return f > 0.5 * f.std()
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Median seconds of ``repeats`` calls after one untimed warm-up, and the last result."""
     out = fn()  # warm-up: JIT compile / cache load, allocator, page faults
     times = []
     for _ in range(repeats):
@@ -91,15 +92,15 @@ def run_kernel_bench(sizes: Sequence[tuple[int, int, int]], repeats: int = 5,
         ref_edt = None
         for b in ours:
             arg = _to_device(m8, b)
-            t, out = _median_time(lambda b=b, arg=arg: _sync_for(b, distance_transform(arg, backend=b)), repeats)
+            t, out = median_time(lambda b=b, arg=arg: _sync_for(b, distance_transform(arg, backend=b)), repeats)
             add(size, "edt", f"tunepp {b}", t, "")
             ref_edt = _host(out) if b == "numba" else ref_edt
-        t, sp = _median_time(lambda mask=mask: ndi.distance_transform_edt(mask), repeats)
+        t, sp = median_time(lambda mask=mask: ndi.distance_transform_edt(mask), repeats)
         add(size, "edt", "scipy.ndimage", t, "", f"max |diff| {float(np.abs(sp - ref_edt).max()):.2e}")
         try:
             import edt as seung
 
-            t, se = _median_time(lambda m8=m8: seung.edt(m8, parallel=threads), repeats)
+            t, se = median_time(lambda m8=m8: seung.edt(m8, parallel=threads), repeats)
             diff = float(np.abs(se - ref_edt).max())
             add(size, "edt", f"seung-lab edt ({threads} thr)", t, "", f"max |diff| {diff:.2e}")
         except ImportError:
@@ -109,31 +110,31 @@ def run_kernel_bench(sizes: Sequence[tuple[int, int, int]], repeats: int = 5,
         counts = {}
         for b in ours:
             arg = _to_device(m8, b)
-            t, (_, n) = _median_time(lambda b=b, arg=arg: connected_components(arg, 26, backend=b), repeats)
+            t, (_, n) = median_time(lambda b=b, arg=arg: connected_components(arg, 26, backend=b), repeats)
             add(size, "ccl26", f"tunepp {b}", t, "")
             counts[b] = n
         try:
             import cc3d
 
-            t, (_, n) = _median_time(
+            t, (_, n) = median_time(
                 lambda m8=m8: cc3d.connected_components(m8, connectivity=26, return_N=True), repeats)
             add(size, "ccl26", "cc3d", t, "", f"count {'equal' if n == counts['numba'] else 'DIFFERS'}")
         except ImportError:
             pass
         st = ndi.generate_binary_structure(3, 3)
-        t, (_, n) = _median_time(lambda mask=mask, st=st: ndi.label(mask, st), repeats)
+        t, (_, n) = median_time(lambda mask=mask, st=st: ndi.label(mask, st), repeats)
         add(size, "ccl26", "scipy.ndimage", t, "", f"count {'equal' if n == counts['numba'] else 'DIFFERS'}")
 
         # --- Euler characteristic (26) -----------------------------------------------------------
         chis = {}
         for b in ours:
             arg = _to_device(m8, b)
-            t, chis[b] = _median_time(lambda b=b, arg=arg: euler_characteristic(arg, 26, backend=b), repeats)
+            t, chis[b] = median_time(lambda b=b, arg=arg: euler_characteristic(arg, 26, backend=b), repeats)
             add(size, "euler26", f"tunepp {b}", t, "")
         try:
             from skimage.measure import euler_number
 
-            t, e = _median_time(lambda mask=mask: euler_number(mask, connectivity=3), max(1, min(repeats, 3)))
+            t, e = median_time(lambda mask=mask: euler_number(mask, connectivity=3), max(1, min(repeats, 3)))
             add(size, "euler26", "skimage euler_number", t, "", "equal" if e == chis["numba"] else "DIFFERS")
         except ImportError:
             pass
@@ -142,12 +143,12 @@ def run_kernel_bench(sizes: Sequence[tuple[int, int, int]], repeats: int = 5,
         bettis = {}
         for b in ours:
             arg = _to_device(m8, b)
-            t, bettis[b] = _median_time(lambda b=b, arg=arg: betti_numbers(arg, backend=b), repeats)
+            t, bettis[b] = median_time(lambda b=b, arg=arg: betti_numbers(arg, backend=b), repeats)
             add(size, "betti", f"tunepp {b}", t, "", str(bettis[b]))
         if mask.size <= BETTI_MAX_VOXELS:
             for tool in ("gudhi", "cripser"):
                 try:
-                    t, bt = _median_time(lambda tool=tool, mask=mask: _betti_persistence(mask, tool), 1)
+                    t, bt = median_time(lambda tool=tool, mask=mask: _betti_persistence(mask, tool), 1)
                 except ImportError:
                     continue
                 add(size, "betti", tool, t, "", f"{bt} {'equal' if bt == bettis['numba'] else 'DIFFERS'}")
