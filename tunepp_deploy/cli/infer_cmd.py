@@ -94,7 +94,9 @@ def infer(
     noise_draws: Annotated[int | None, typer.Option(
         min=0, help="Logit-noise draws T per dropout sample for the aleatoric map (default 8; 0 = none).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo cases whose report already exists.")] = False,
-    flag_threshold: Annotated[float, typer.Option(min=0.0, help="Mean total uncertainty that flags a region.")] = 0.1,
+    flag_threshold: Annotated[float | None, typer.Option(
+        min=0.0, help="Mean flag-map value that flags a region (default 0.3: docs/results/flag_threshold.md).")]
+    = None,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch / ONNX Runtime.")] = None,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (torch backend).")] = True,
     cuda_graphs: Annotated[bool, typer.Option(help="Replay CUDA graphs (torch backend on CUDA).")] = False,
@@ -136,6 +138,10 @@ def infer(
         from tunepp_deploy.data.nifti import load_volume
 
         load_volume(input)
+    if flag_threshold is None:
+        from tunepp_deploy.infer.case import DEFAULT_FLAG_THRESHOLD
+
+        flag_threshold = DEFAULT_FLAG_THRESHOLD
     created = check_output_dir(out)
     try:
         with _sigterm_as_interrupt() as got:

@@ -75,6 +75,37 @@ def rates_at(scores: np.ndarray, wrong: np.ndarray, threshold: float) -> dict[st
             "fpr": float((flag & ~wrong).sum() / max(int((~wrong).sum()), 1))}
 
 
+def organ_correlation(rows: Sequence[dict[str, Any]], m: str) -> float:
+    """Spearman rank correlation of the map's mean with the error fraction over each label's largest
+    component (the organs themselves: does the map rank a worse organ higher?)."""
+    from scipy.stats import spearmanr
+
+    main = [c for c in rows if not c["fragment"]]
+    if len(main) < 3:
+        return float("nan")
+    return float(spearmanr([c[f"mean_{m}"] for c in main], [c["error"] for c in main])[0])
+
+
+def score_repeat(rows: list[dict[str, Any]], current: float) -> dict[str, Any]:
+    """Per map: AUROC, best threshold, rates at ``current``, class means, organ rank correlation."""
+    from sklearn.metrics import roc_auc_score
+
+    wrong = np.array([c["error"] > WRONG_FRACTION for c in rows])
+    entry: dict[str, Any] = {"components": len(rows), "wrong": int(wrong.sum()),
+                             "fragments": int(sum(c["fragment"] for c in rows)),
+                             "wrong_fragments": int(sum(c["fragment"] and w for c, w in zip(rows, wrong, strict=True))),
+                             "organs_flagged_at_current": int(sum(not c["fragment"] and c["mean_total"] > current
+                                                                  for c in rows))}
+    for m in MAPS:
+        sc = np.array([c[f"mean_{m}"] for c in rows])
+        auc = float(roc_auc_score(wrong, sc)) if 0 < wrong.sum() < len(wrong) else float("nan")
+        entry[m] = {"auroc": auc, "best": best_threshold(sc, wrong), "at_current": rates_at(sc, wrong, current),
+                    "right_mean": float(sc[~wrong].mean()) if (~wrong).any() else float("nan"),
+                    "wrong_mean": float(sc[wrong].mean()) if wrong.any() else float("nan"),
+                    "organ_spearman": organ_correlation(rows, m)}
+    return entry
+
+
 def _case_rows(pred_dir: Path, data_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for report in sorted(pred_dir.glob("*_report.json")):
@@ -91,8 +122,6 @@ def run_flag_threshold(
     current: float = 0.1, seed: int = 5000, log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the measurement (module docstring); writes ``out/flag_threshold.json`` and ``.md``."""
-    from sklearn.metrics import roc_auc_score
-
     from tunepp_deploy.data.phantom import write_phantom_dataset
     from tunepp_deploy.data.shift import SHIFTS, write_shifted_dataset
     from tunepp_deploy.evaluation.run import predict_dataset
@@ -115,20 +144,10 @@ def run_flag_threshold(
                 if ran.failed:
                     raise TuneppError(f"flag threshold: case {ran.failed[0][0]} failed: {ran.failed[0][1]}")
                 rows += [{"set": kind, **c} for c in _case_rows(pred, data)]
-            wrong = np.array([c["error"] > WRONG_FRACTION for c in rows])
-            entry: dict[str, Any] = {"repeat": r, "components": len(rows), "wrong": int(wrong.sum()),
-                                     "fragments": int(sum(c["fragment"] for c in rows)),
-                                     "wrong_fragments": int(sum(c["fragment"] and w for c, w in zip(rows, wrong,
-                                                                                                    strict=True)))}
-            for m in MAPS:
-                sc = np.array([c[f"mean_{m}"] for c in rows])
-                auc = float(roc_auc_score(wrong, sc)) if 0 < wrong.sum() < len(wrong) else float("nan")
-                entry[m] = {"auroc": auc, "best": best_threshold(sc, wrong), "at_current": rates_at(sc, wrong, current),
-                            "right_mean": float(sc[~wrong].mean()) if (~wrong).any() else float("nan"),
-                            "wrong_mean": float(sc[wrong].mean()) if wrong.any() else float("nan")}
+            entry = {"repeat": r, **score_repeat(rows, current)}
             entry["rows"] = rows
             result["per_repeat"].append(entry)
-            log(f"repeat {r}: {len(rows)} components, {int(wrong.sum())} wrong; total AUROC "
+            log(f"repeat {r}: {len(rows)} components, {entry['wrong']} wrong; total AUROC "
                 f"{entry['total']['auroc']:.3f}, best threshold {entry['total']['best']['threshold']:.4f}")
     result["summary"] = _summary(result)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +170,8 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
                 "best_tpr": _spread([e[m]["best"]["tpr"] for e in reps]),
                 "best_fpr": _spread([e[m]["best"]["fpr"] for e in reps]),
                 "tpr_at_current": _spread([e[m]["at_current"]["tpr"] for e in reps]),
-                "fpr_at_current": _spread([e[m]["at_current"]["fpr"] for e in reps])} for m in MAPS}
+                "fpr_at_current": _spread([e[m]["at_current"]["fpr"] for e in reps]),
+                "organ_spearman": _spread([e[m]["organ_spearman"] for e in reps])} for m in MAPS}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -170,11 +190,15 @@ def markdown(result: dict[str, Any]) -> str:
                          f"({e['wrong_fragments']}) | {m} | {d['auroc']:.3f} | {d['best']['threshold']:.4f} | "
                          f"{d['best']['tpr']:.2f} / {d['best']['fpr']:.2f} | {d['at_current']['tpr']:.2f} / "
                          f"{d['at_current']['fpr']:.2f} | {d['right_mean']:.4f} / {d['wrong_mean']:.4f} |")
-    lines += ["", "Over repeats (mean ± sd):", "", "| map | AUROC | best threshold | TPR at best | FPR at best "
-              "| TPR at default | FPR at default |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "Over repeats (mean ± sd); organ rho: Spearman of the map's mean with the error fraction over "
+              "each label's largest component:", "", "| map | AUROC | best threshold | TPR at best | FPR at best "
+              "| TPR at default | FPR at default | organ rho |", "|---|---|---|---|---|---|---|---|"]
     for m, s in result["summary"].items():
         lines.append(f"| {m} | {f(*s['auroc'])} | {f(*s['best_threshold'])} | {f(*s['best_tpr'])} | "
-                     f"{f(*s['best_fpr'])} | {f(*s['tpr_at_current'])} | {f(*s['fpr_at_current'])} |")
+                     f"{f(*s['best_fpr'])} | {f(*s['tpr_at_current'])} | {f(*s['fpr_at_current'])} | "
+                     f"{f(*s['organ_spearman'])} |")
+    flagged = [e["organs_flagged_at_current"] for e in result["per_repeat"]]
+    lines += ["", f"Organs (largest components) flagged at the default: {flagged} per repeat."]
     return "\n".join(lines) + "\n"
 
 
@@ -199,4 +223,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["best_threshold", "component_table", "markdown", "rates_at", "run_flag_threshold"]
+__all__ = ["best_threshold", "component_table", "markdown", "organ_correlation", "rates_at", "run_flag_threshold",
+           "score_repeat"]
