@@ -263,9 +263,13 @@ def mc_predict(
     if n_chunks > 1:  # a one-graph runner, or a trunk too big to cache, recomputes (some of) it per chunk
         batches = math.ceil(n_win / plan.windows_per_call)
         trunk = "cached" if len(cache) == batches else ("partly cached" if cache else "recomputed")
+    cache.clear()  # the trunk cache (up to a quarter of the budget) must not coexist with the final maps
+    del vol
     if runner.device.type == "cuda":
         torch.cuda.synchronize(runner.device)
-    return MCResult(stats.maps(), blend, count_windows(shape, meta.window, settings.overlap, align), calls, plan,
+    maps = stats.maps()
+    del stats
+    return MCResult(maps, blend, count_windows(shape, meta.window, settings.overlap, align), calls, plan,
                     time.perf_counter() - t0, sample_chunk=chunk, trunk=trunk,
                     extra={"trunk_cache_bytes": float(cache_bytes), "sample_chunks": float(n_chunks)})
 

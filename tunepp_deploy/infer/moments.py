@@ -107,14 +107,28 @@ class SampleStats:
             raise ValueError("no samples were added")
         assert self._sq is not None and self._ent is not None
         n = float(self.count)
-        mean = self._sum / n
-        total = (1.0 - (mean * mean).sum(0)).clamp_min(0.0)
-        aleatoric = (1.0 - self._sq / n).clamp_min(0.0)
-        epistemic = (total - aleatoric).clamp_min(0.0)
-        # on CPU the fold's log (libm) for both entropies: one sample gives MI = 0 exactly
-        pe = entropy64(mean) if mean.device.type == "cpu" else entropy(mean, 0)
-        mi = (pe - self._ent / n).clamp_min(0.0)
-        return UncertaintyMaps(mean.float(), epistemic.float(), aleatoric.float(), pe.float(), mi.float())
+        k, spatial = self._sum.shape[0], self._sum.shape[1:]
+        s, sq, ent = self._sum.reshape(k, -1), self._sq.reshape(-1), self._ent.reshape(-1)
+        dev = s.device
+        # float32 outputs written slab by slab: the float64 temporaries of a whole volume (mean, mean^2, the
+        # entropies: ~3 x K x 8 V, 2 GB at 240x240x160) would otherwise come on top of the statistics
+        mean32 = torch.empty((k, s.shape[1]), dtype=torch.float32, device=dev)
+        outs = [torch.empty(s.shape[1], dtype=torch.float32, device=dev) for _ in range(4)]
+        step = max(1, SLAB_BYTES // (8 * k))
+        for a in range(0, s.shape[1], step):
+            b = min(a + step, s.shape[1])
+            mean = s[:, a:b] / n
+            total = (1.0 - (mean * mean).sum(0)).clamp_min(0.0)
+            aleatoric = (1.0 - sq[a:b] / n).clamp_min(0.0)
+            # on CPU the fold's log (libm) for both entropies: one sample gives MI = 0 exactly
+            pe = entropy64(mean) if dev.type == "cpu" else entropy(mean, 0)
+            mean32[:, a:b] = mean
+            outs[0][a:b] = (total - aleatoric).clamp_min(0.0)
+            outs[1][a:b] = aleatoric
+            outs[2][a:b] = pe
+            outs[3][a:b] = (pe - ent[a:b] / n).clamp_min(0.0)
+        epistemic, aleatoric32, pe32, mi32 = (o.view(spatial) for o in outs)
+        return UncertaintyMaps(mean32.view(k, *spatial), epistemic, aleatoric32, pe32, mi32)
 
 
 class RunningMoments:
