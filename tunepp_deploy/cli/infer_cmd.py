@@ -39,6 +39,7 @@ METHOD_OPTIONS = {
     "--noise-draws": ("tunepp",),
     "--no-amp": ("tunepp",),
     "--cuda-graphs": ("tunepp",),
+    "--compile": ("tunepp",),
     "--no-temperature": ("tunepp",),
 }
 
@@ -100,6 +101,9 @@ def infer(
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch / ONNX Runtime.")] = None,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (torch backend).")] = True,
     cuda_graphs: Annotated[bool, typer.Option(help="Replay CUDA graphs (torch backend on CUDA).")] = False,
+    compile: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile (inductor) the trunk and head (torch backend; first call compiles).")]
+    = False,
     temperature: Annotated[bool, typer.Option(help="Apply the temperature stored by `calibrate temperature`.")] = True,
     num_parts: Annotated[int, typer.Option(help="Split a folder into N parts (job arrays, one part per GPU); "
                                                 "case i of the name-sorted list goes to part i % N.")] = 1,
@@ -123,7 +127,7 @@ def infer(
     _refuse_foreign_options(chosen, {
         "--samples": samples is not None, "--seed": seed is not None, "--memory-gb": memory_gb is not None,
         "--blend": blend != "auto", "--noise-draws": noise_draws is not None, "--no-amp": not amp,
-        "--cuda-graphs": cuda_graphs, "--no-temperature": not temperature,
+        "--cuda-graphs": cuda_graphs, "--no-temperature": not temperature, "--compile": compile,
     })
     if input.is_file() and num_parts > 1:
         raise TuneppError(f"{input}: --num-parts splits a folder of scans, not a single file")
@@ -150,7 +154,8 @@ def infer(
                            flag_threshold, names,
                            RunOptions(samples=samples, seed=seed, overlap=overlap, max_batch=max_batch,
                                       memory_gb=memory_gb, blend=blend, noise_draws=noise_draws),  # type: ignore[arg-type]
-                           dict(threads=threads, amp=amp, cuda_graphs=cuda_graphs, temperature=temperature))
+                           dict(threads=threads, amp=amp, cuda_graphs=cuda_graphs, temperature=temperature,
+                                compile=compile))
             except KeyboardInterrupt:
                 what = "SIGTERM" if got else "interrupted"
                 typer.secho(f"error: {what}: stopped; the case in progress was removed, finished cases are kept "
