@@ -69,7 +69,8 @@ def test_folder_resumes_and_redoes_a_case_without_report(head: dict[str, Path]) 
     r = cli(*args)
     assert r.exit_code == 0 and "1 done, 3 skipped" in r.output, r.output
     changed = {p.name for p in out.iterdir() if stamps.get(p.name) != p.stat().st_mtime_ns}
-    assert changed == {f"phantom_001_{k}.nii.gz" for k in MAPS} | {"phantom_001_report.json"}
+    assert changed == {f"phantom_001_{k}.nii.gz" for k in MAPS} | {"phantom_001_report.json", "phantom_001_preview.png",
+                       "index.html"}  # the triage page and the redone case's thumbnail
 
 
 def test_wrong_model_or_option_is_one_line(head: dict[str, Path]) -> None:

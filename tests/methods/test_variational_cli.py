@@ -117,7 +117,8 @@ def test_folder_resumes_and_redoes_a_case_without_report(trained: dict[str, Path
     res = cli(*args)
     assert res.exit_code == 0 and "1 done, 3 skipped" in res.output, res.output
     changed = {p.name for p in out.iterdir() if stamps.get(p.name) != p.stat().st_mtime_ns}
-    assert changed == {f"phantom_002_{k}.nii.gz" for k in MAPS} | {"phantom_002_report.json"}
+    assert changed == {f"phantom_002_{k}.nii.gz" for k in MAPS} | {"phantom_002_report.json", "phantom_002_preview.png",
+                       "index.html"}  # the triage page and the redone case's thumbnail
 
 
 def test_seed_decides_the_samples(trained: dict[str, Path]) -> None:
