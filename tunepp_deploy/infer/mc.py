@@ -267,9 +267,7 @@ def mc_predict(
     del vol
     if runner.device.type == "cuda":
         torch.cuda.synchronize(runner.device)
-    maps = stats.maps()
-    del stats
-    return MCResult(maps, blend, count_windows(shape, meta.window, settings.overlap, align), calls, plan,
+    return MCResult(stats.maps(), blend, n_win, calls, plan,
                     time.perf_counter() - t0, sample_chunk=chunk, trunk=trunk,
                     extra={"trunk_cache_bytes": float(cache_bytes), "sample_chunks": float(n_chunks)})
 
