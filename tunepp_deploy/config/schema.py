@@ -134,6 +134,15 @@ class LossConfig(_Strict):
     w_a: float = Field(3.0, ge=0.0)
     topo_sigma: float = Field(2.0, gt=0.0)
     unc_samples: int = Field(8, ge=1)
+    # What lambda1 weighs (docs/topology_loss.md): "voxel" = the seed's CE x (1 + w_b B + w_j J + w_a A);
+    # "component" = CE x (1 + w_b B + w_j J) + w_a x (one unit per anomalous component, whatever its
+    # size); "persistence" = a cubical persistent-homology loss with the truth crop's Betti numbers.
+    topo_mode: Literal["voxel", "component", "persistence"] = "voxel"
+    # lambda1 is 0 for the first topo_warmup_epochs epochs (learn the organs first, then their topology).
+    topo_warmup_epochs: int = Field(0, ge=0)
+    # soft clDice (Shit et al. 2021) on this label (e.g. the phantoms' tube, 4), weighted by cldice_weight.
+    cldice_class: int | None = Field(None, ge=1)
+    cldice_weight: float = Field(0.0, ge=0.0)
 
 
 class TrainConfig(_Strict):

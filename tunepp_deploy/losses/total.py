@@ -1,10 +1,15 @@
 r"""The TUNE++ training objective, assembled from ``cfg.loss``.
 
-    total = L_dice + L_ce + lambda1 L_topo + lambda2 L_unc + lambda3 L_cal + lambda4 L_hier
+    total = L_dice + L_ce + lambda1 L_topo + lambda2 L_unc + lambda3 L_cal + lambda4 L_hier + w_cl L_cldice
 
 * ``L_dice``, ``L_ce``: :mod:`.dice_ce` on the full-resolution logits;
-* ``L_topo``: :mod:`.topology`, CE weighted by ``W = 1 + w_b B + w_j J + w_a A`` (:mod:`.complexity`),
-  computed on the CPU in NumPy from the labels (B, J) and the **detached** arg-max prediction (A);
+* ``L_topo`` by ``topo_mode``: ``voxel`` — :mod:`.topology`, CE weighted by ``W = 1 + w_b B + w_j J + w_a A``
+  (:mod:`.complexity`, computed on the CPU in NumPy from the labels (B, J) and the **detached**
+  arg-max prediction (A)); ``component`` — the same B, J weights plus ``w_a`` per anomalous
+  component (:func:`.topology.component_topology_loss`); ``persistence`` — :mod:`.persistence`
+  (cubical persistent homology, the truth crop's Betti numbers as the prior). Off (0) during the
+  first ``topo_warmup_epochs`` epochs (the trainer calls :meth:`TuneppLoss.set_epoch`);
+* ``L_cldice``: :mod:`.cldice` on label ``cldice_class`` when ``cldice_weight > 0``;
 * ``L_unc``: :mod:`.uncertainty`, Kendall & Gal's MC-sampled heteroscedastic softmax loss with the
   log-variance head, ``T = unc_samples``;
 * ``L_cal``: :mod:`.calibration`, Brier + DCA;
@@ -24,17 +29,17 @@ from torch import Tensor, nn
 
 from tunepp_deploy.config.schema import LossConfig
 from tunepp_deploy.losses.calibration import calibration_loss
-from tunepp_deploy.losses.complexity import complexity_weights
+from tunepp_deploy.losses.complexity import anomaly_components, complexity_weights, structure_weights
 from tunepp_deploy.losses.dice_ce import dice_ce_loss
 from tunepp_deploy.losses.hierarchical import hierarchical_loss
-from tunepp_deploy.losses.topology import topology_loss
+from tunepp_deploy.losses.topology import component_topology_loss, topology_loss
 from tunepp_deploy.losses.uncertainty import heteroscedastic_loss
 
-TERMS = ("dice", "ce", "topology", "uncertainty", "calibration", "hierarchical", "total")
+TERMS = ("dice", "ce", "topology", "cldice", "uncertainty", "calibration", "hierarchical", "total")
 
 
 class TuneppLoss(nn.Module):
-    """``TuneppLoss(cfg.loss)(output, labels) -> {"dice", "ce", "topology", "uncertainty",
+    """``TuneppLoss(cfg.loss)(output, labels) -> {"dice", "ce", "topology", "cldice", "uncertainty",
     "calibration", "hierarchical", "total"}`` (scalar tensors; only ``total`` needs ``backward``).
 
     ``output`` is a :class:`~tunepp_deploy.model.NetOutput` (anything with ``logits [B,K,D,H,W]``,
@@ -44,6 +49,31 @@ class TuneppLoss(nn.Module):
     def __init__(self, cfg: LossConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.topology_on = cfg.topo_warmup_epochs == 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """0-based epoch: the topology term starts at ``topo_warmup_epochs``."""
+        self.topology_on = epoch >= self.cfg.topo_warmup_epochs
+
+    def _structure(self, labels: Tensor, structure: Tensor | np.ndarray | None) -> np.ndarray:
+        c = self.cfg
+        if structure is not None:
+            return structure.cpu().numpy() if isinstance(structure, Tensor) else np.asarray(structure)
+        lab = labels.cpu().numpy()
+        return np.stack([structure_weights(lab[i], c.w_b, c.w_j, c.topo_sigma) for i in range(lab.shape[0])])
+
+    def _topology(self, logits: Tensor, labels: Tensor, structure: Tensor | np.ndarray | None) -> Tensor:
+        c = self.cfg
+        if c.topo_mode == "voxel":
+            return topology_loss(logits, labels, self.weight_map(labels, logits, structure))
+        if c.topo_mode == "component":
+            lab, pred = labels.cpu().numpy(), logits.detach().argmax(1).cpu().numpy()
+            ids = np.stack([anomaly_components(lab[i], pred[i], logits.shape[1])[0] for i in range(lab.shape[0])])
+            s = torch.from_numpy(self._structure(labels, structure)).to(logits.device)
+            return component_topology_loss(logits, labels, s, torch.from_numpy(ids).to(logits.device), c.w_a)
+        from tunepp_deploy.losses.persistence import persistence_loss
+
+        return persistence_loss(logits, labels)
 
     def weight_map(self, labels: Tensor, logits: Tensor, structure: Tensor | np.ndarray | None = None) -> Tensor:
         """``W`` for the batch, on ``logits``' device; ``structure`` = precomputed ``1 + w_b B + w_j J``."""
@@ -72,9 +102,13 @@ class TuneppLoss(nn.Module):
         zero = torch.zeros((), device=logits.device)
         dice, ce = dice_ce_loss(logits, labels)
         terms = {"dice": dice, "ce": ce}
-        terms["topology"] = (
-            topology_loss(logits, labels, self.weight_map(labels, logits, structure)) if c.lambda1 else zero
-        )
+        terms["topology"] = self._topology(logits, labels, structure) if c.lambda1 and self.topology_on else zero
+        if c.cldice_weight and c.cldice_class is not None:
+            from tunepp_deploy.losses.cldice import cldice_loss
+
+            terms["cldice"] = cldice_loss(logits, labels, c.cldice_class)
+        else:
+            terms["cldice"] = zero
         terms["uncertainty"] = heteroscedastic_loss(logits, log_var, labels, c.unc_samples) if c.lambda2 else zero
         terms["calibration"] = calibration_loss(logits, labels) if c.lambda3 else zero
         terms["hierarchical"] = hierarchical_loss(aux, labels) if c.lambda4 else zero
@@ -82,6 +116,7 @@ class TuneppLoss(nn.Module):
             dice
             + ce
             + c.lambda1 * terms["topology"]
+            + c.cldice_weight * terms["cldice"]
             + c.lambda2 * terms["uncertainty"]
             + c.lambda3 * terms["calibration"]
             + c.lambda4 * terms["hierarchical"]

@@ -197,7 +197,8 @@ def train(
             (out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
 
     train_data = _load_cases(train_cases, cfg, console, "train cases")
-    if cfg.loss.lambda1 > 0:  # label-only part of the topology weights: once per case, not per step
+    if cfg.loss.lambda1 > 0 and cfg.loss.topo_mode != "persistence":  # label-only part of the DT weights:
+        # once per case, not per step
         lc = cfg.loss
         for case in train_data:
             case.structure = structure_weights(case.label, lc.w_b, lc.w_j, lc.topo_sigma)
@@ -250,6 +251,7 @@ def train(
             for epoch in range(start_epoch, tc.epochs):
                 model.train()
                 dataset.set_epoch(epoch)
+                loss_fn.set_epoch(epoch)
                 if sampler is not None:
                     sampler.set_epoch(epoch)
                 sums: dict[str, float] = {}
