@@ -19,9 +19,11 @@ def phantom(
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (imagesTr/, labelsTr/).")],
     cases: Annotated[int, typer.Option(min=1, help="Number of cases.")] = 20,
     seed: Annotated[int, typer.Option(help="Random seed; case i depends only on (seed, i).")] = 0,
+    contact: Annotated[bool, typer.Option("--contact", help="Organs that touch (a solid/hollow contact "
+                                          "surface: non-zero junction weights J).")] = False,
 ) -> None:
     """Write CT-like phantoms whose organs have designed Betti numbers (see dataset.json)."""
     from tunepp_deploy.data.phantom import write_phantom_dataset
 
-    path = write_phantom_dataset(out, cases, seed=seed, progress=True)
+    path = write_phantom_dataset(out, cases, seed=seed, progress=True, contact=contact)
     Console().print(f"wrote {cases} phantoms to [bold]{path}[/] (imagesTr/, labelsTr/, dataset.json)")

@@ -93,12 +93,50 @@ def generate_case(
     spacing: tuple[float, float, float] = DEFAULT_SPACING,
     noise_hu: float = 20.0,
     blur_mm: float = 1.2,
+    contact: bool = False,
 ) -> PhantomCase:
     """Generate one phantom. Organs sit in the four quadrants of the body so they never touch.
 
     Sizes are chosen so each structure is at least ~2 voxels thick at this spacing: thinner parts
     could break 26-connectivity or open a cavity, and the designed Betti numbers would be wrong.
+
+    ``contact=True``: the hollow organ is moved toward the solid one until they share a contact
+    surface (the hollow organ wins the overlap, a shallow cap of the solid), so the topology loss's
+    junction weights J (two other labels close) are non-zero along the contact rim. Such a case is
+    redrawn (from the same generator) until our Betti kernel confirms the designed numbers — the
+    cap could in principle cut the solid or another organ — and the tests check it with GUDHI.
     """
+    if not contact:
+        return _generate(rng, shape, spacing, noise_hu, blur_mm, contact=False)
+    from tunepp_deploy.kernels import betti_per_label
+
+    for _ in range(20):
+        case = _generate(rng, shape, spacing, noise_hu, blur_mm, contact=True)
+        designed = np.array([case.betti[n] for n in PHANTOM_CLASSES[1:]])
+        if np.array_equal(np.asarray(betti_per_label(case.labels, num_labels=len(PHANTOM_CLASSES) - 1)), designed):
+            return case
+    raise RuntimeError("no contact phantom with the designed topology in 20 draws")
+
+
+def _move_into_contact(grid: np.ndarray, start: np.ndarray, target: np.ndarray, rot: np.ndarray,
+                       outer: np.ndarray, other: np.ndarray, min_overlap: int = 20) -> np.ndarray:
+    """The centre on the segment start -> target where the ellipsoid ``outer`` first overlaps ``other``
+    by at least ``min_overlap`` voxels (a contact surface, not a deep intersection)."""
+    for t in np.linspace(0.0, 1.0, 81):
+        c = start + t * (target - start)
+        if (_ellipsoid(_local_coords(grid, c, rot), outer) & other).sum() >= min_overlap:
+            return c
+    return start
+
+
+def _generate(
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    noise_hu: float,
+    blur_mm: float,
+    contact: bool,
+) -> PhantomCase:
     sp = np.asarray(spacing, dtype=np.float64)
     shp = np.asarray(shape)
     axes = [np.arange(n) * s for n, s in zip(shape, sp, strict=True)]
@@ -122,7 +160,7 @@ def generate_case(
         return np.array([xy[0], xy[1], z])
 
     # 1: solid ellipsoid (+ occasional accessory component)
-    c = organ_centre(0)
+    c = solid_centre = organ_centre(0)
     radii = rng.uniform([13.0, 11.0, 11.0], [17.0, 14.0, 15.0])
     solid = _ellipsoid(_local_coords(grid, c, _random_rotation(rng)), radii)
     if rng.random() < 0.3:
@@ -143,6 +181,8 @@ def generate_case(
     rot = _random_rotation(rng)
     outer = rng.uniform([14.0, 13.0, 13.0], [17.0, 15.0, 15.0])
     inner = outer - rng.uniform(5.5, 6.5)
+    if contact:
+        c = _move_into_contact(grid, c, solid_centre, rot, outer, labels == 1)
     p = _local_coords(grid, c, rot)
     shell_out, shell_in = _ellipsoid(p, outer), _ellipsoid(p, inner)
     labels[shell_out & ~shell_in] = 3
@@ -180,11 +220,13 @@ def write_phantom_dataset(
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
     spacing: tuple[float, float, float] = DEFAULT_SPACING,
     progress: bool = False,
+    contact: bool = False,
 ) -> Path:
     """Write ``cases`` phantoms as ``imagesTr/phantom_XXX_0000.nii.gz`` + ``labelsTr/phantom_XXX.nii.gz``.
 
     Also writes ``dataset.json`` (classes, spacing, case list, and each case's designed Betti
     numbers per label). Case ``i`` depends only on ``(seed, i)`` so a dataset can be extended.
+    ``contact``: organs that touch (:func:`generate_case`), recorded in ``dataset.json``.
     """
     from rich.progress import track
 
@@ -196,13 +238,14 @@ def write_phantom_dataset(
         "classes": list(PHANTOM_CLASSES),
         "spacing": list(spacing),
         "modality": "ct",
+        "contact": bool(contact),
         "cases": {},
     }
     it = range(cases)
     for i in track(it, description="phantoms", disable=not progress):
         rng = np.random.default_rng([seed, i])
         name = f"phantom_{i:03d}"
-        write_case(out, name, generate_case(rng, shape=shape, spacing=spacing), meta)
+        write_case(out, name, generate_case(rng, shape=shape, spacing=spacing, contact=contact), meta)
     write_atomic(out / "dataset.json", lambda t: t.write_text(json.dumps(meta, indent=2)))
     return out
 
