@@ -12,6 +12,7 @@ Layout (L = len(widths) stages, stem stride s, total stride T = s * 2^(L-1))::
     logits  = Conv1x1(head -> num_classes)
     log_var = clamp(Conv1x1(head -> 1), LOG_VAR_MIN, LOG_VAR_MAX)      aleatoric log-variance of logits
     aux     = Conv1x1(dec_i -> num_classes) for i in (0, 1)            deep supervision, stride s*2^i
+    gate_logits = every TUPA block's error logit (gate="supervised", training only; see blocks.tupa)
 
 Size-agnostic: no positional embeddings and no N -> P projections (UNETR++ has both, tying it to
 one input size); every window whose sides are divisible by T works.
@@ -42,7 +43,7 @@ from tunepp_deploy.config.schema import TuneppConfig
 from tunepp_deploy.errors import ConfigError, TuneppError
 from tunepp_deploy.model.blocks.conv import Downsample, Int3, ResConvBlock, Upsample
 from tunepp_deploy.model.blocks.dropout import DropoutMode, DropoutSite, MaskedDropout
-from tunepp_deploy.model.blocks.tupa import TUPABlock
+from tunepp_deploy.model.blocks.tupa import GateMode, TUPABlock
 
 LOG_VAR_MIN = -10.0
 LOG_VAR_MAX = 6.0
@@ -59,11 +60,16 @@ class NetOutput(NamedTuple):
             clamped to ``[LOG_VAR_MIN, LOG_VAR_MAX]``.
         aux_logits: deep-supervision logits, finest first: ``aux_logits[j]`` is ``[B, K, ...]`` at
             stride ``stem_stride * 2^j``. Empty unless training (or ``with_aux=True``).
+        gate_logits: with ``gate="supervised"``, every TUPA block's error logit ``[B, 1, d, h, w]``
+            (the logit of its predicted probability that the final prediction is wrong there), in
+            execution order (encoder, then decoder), for :func:`tunepp_deploy.losses.gate.gate_loss`.
+            Empty for the learned gate, and when ``aux_logits`` is.
     """
 
     logits: Tensor
     log_var: Tensor
     aux_logits: list[Tensor]
+    gate_logits: tuple[Tensor, ...] = ()
 
 
 def repeat_for_samples(trunk_outputs: Sequence[Tensor], samples: int) -> tuple[Tensor, ...]:
@@ -75,8 +81,21 @@ def repeat_for_samples(trunk_outputs: Sequence[Tensor], samples: int) -> tuple[T
     return tuple(t.repeat(samples, *([1] * (t.dim() - 1))) for t in trunk_outputs)
 
 
-def _stack(channels: int, depth: int, heads: int, proj_tokens: int, topo_lambda: float) -> nn.Sequential:
-    return nn.Sequential(*(TUPABlock(channels, heads, proj_tokens, topo_lambda) for _ in range(depth)))
+def _stack(
+    channels: int, depth: int, heads: int, proj_tokens: int, topo_lambda: float, gate: GateMode
+) -> nn.Sequential:
+    return nn.Sequential(*(TUPABlock(channels, heads, proj_tokens, topo_lambda, gate=gate) for _ in range(depth)))
+
+
+def _run_stack(stack: nn.Module, x: Tensor, sink: list[Tensor] | None) -> Tensor:
+    """``stack(x)``, appending each supervised block's error logit to ``sink`` when one is given."""
+    if sink is None:
+        return stack(x)
+    for block in stack:
+        x, z = block.forward_with_error_logit(x)
+        if z is not None:
+            sink.append(z)
+    return x
 
 
 class TUNEPP(nn.Module):
@@ -97,6 +116,7 @@ class TUNEPP(nn.Module):
         dropout_mode: ``"channel"`` ([B, C] masks) or ``"element"`` ([B, C, d, h, w] masks).
         topo_lambda: initial strength of the topology key bias.
         full_res_channels: channels of the full-resolution skip/head (default ``max(widths[0] // 2, 4)``).
+        gate: fusion gate of every TUPA block, ``"learned"`` or ``"supervised"`` (:mod:`.blocks.tupa`).
     """
 
     def __init__(
@@ -115,9 +135,13 @@ class TUNEPP(nn.Module):
         dropout_mode: DropoutMode = "channel",
         topo_lambda: float = 1.0,
         full_res_channels: int | None = None,
+        gate: GateMode = "learned",
     ) -> None:
         super().__init__()
         L = len(widths)
+        if gate not in ("learned", "supervised"):
+            raise ConfigError(f"model.gate must be 'learned' or 'supervised', got {gate!r}")
+        self.gate = gate
         if L < 2 or len(depths) != L:
             raise ConfigError("model: need len(widths) == len(depths) >= 2")
         dec_depths = list(depths[:-1]) if decoder_depths is None else list(decoder_depths)
@@ -139,11 +163,13 @@ class TUNEPP(nn.Module):
 
         self.full = ResConvBlock(in_channels, c_full)
         self.stem = Downsample(c_full, widths[0], self.stem_stride)
-        self.encoder = nn.ModuleList(_stack(widths[i], depths[i], heads, proj_tokens, topo_lambda) for i in range(L))
+        self.encoder = nn.ModuleList(
+            _stack(widths[i], depths[i], heads, proj_tokens, topo_lambda, gate) for i in range(L)
+        )
         self.down = nn.ModuleList(Downsample(widths[i], widths[i + 1]) for i in range(L - 1))
         self.up = nn.ModuleList(Upsample(widths[i + 1], widths[i]) for i in range(L - 1))
         self.decoder = nn.ModuleList(
-            _stack(widths[i], dec_depths[i], heads, proj_tokens, topo_lambda) for i in range(L - 1)
+            _stack(widths[i], dec_depths[i], heads, proj_tokens, topo_lambda, gate) for i in range(L - 1)
         )
         self.final_up = Upsample(widths[0], c_full, self.stem_stride)
         self.final = ResConvBlock(c_full, c_full)
@@ -228,18 +254,25 @@ class TUNEPP(nn.Module):
         return [s.sample_mask(window, batch, generator=generator).to(device) for s in self._sites]
 
     # ------------------------------------------------------------------ computation
-    def _encode(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def _encode(self, x: Tensor, sink: list[Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
         full = self.full(x)
         e = self.stem(full)
         skips: list[Tensor] = []
         for i, stage in enumerate(self.encoder):
-            e = stage(e)
+            e = _run_stack(stage, e, sink)
             skips.append(e)
             if i < len(self.down):
                 e = self.down[i](e)
         return full, skips
 
-    def _step(self, pos: int, prev: Tensor | None, full: Tensor | None, skips: Sequence[Tensor]) -> Tensor:
+    def _step(
+        self,
+        pos: int,
+        prev: Tensor | None,
+        full: Tensor | None,
+        skips: Sequence[Tensor],
+        sink: list[Tensor] | None = None,
+    ) -> Tensor:
         """The (pre-dropout) feature at position ``pos`` from the previous position's feature."""
         name = self.positions[pos]
         if name == "bottleneck":
@@ -249,7 +282,7 @@ class TUNEPP(nn.Module):
             assert full is not None
             return self.final(self.final_up(prev) + full)
         i = int(name[3:])
-        return self.decoder[i](self.up[i](prev) + skips[i])
+        return _run_stack(self.decoder[i], self.up[i](prev) + skips[i], sink)
 
     def _decode(
         self,
@@ -259,18 +292,20 @@ class TUNEPP(nn.Module):
         skips: Sequence[Tensor],
         masks: dict[str, Tensor | None],
         want_aux: bool,
+        sink: list[Tensor] | None = None,
     ) -> NetOutput:
         aux: dict[str, Tensor] = {}
         for pos in range(start, len(self.positions)):
             name = self.positions[pos]
             if pos > start:
-                feat = self._step(pos, feat, full, skips)
+                feat = self._step(pos, feat, full, skips, sink)
             if name in self.dropout:
                 feat = self.dropout[name](feat, masks.get(name))
             if want_aux and name in self.aux:
                 aux[name] = self.aux[name](feat)
         log_var = self.log_var(feat).clamp(LOG_VAR_MIN, LOG_VAR_MAX)
-        return NetOutput(self.out(feat), log_var, [aux[n] for n in AUX_SITES if n in aux])
+        gates = tuple(sink) if sink else ()
+        return NetOutput(self.out(feat), log_var, [aux[n] for n in AUX_SITES if n in aux], gates)
 
     def trunk(self, x: Tensor) -> tuple[Tensor, ...]:
         """Deterministic part up to (not including) the first dropout site.
@@ -314,7 +349,8 @@ class TUNEPP(nn.Module):
         """Full pass. ``masks``: one per site in :meth:`dropout_sites` order, or None.
 
         With ``masks=None`` dropout samples from the torch RNG in training mode and is the identity in
-        eval mode. ``with_aux`` (default: ``self.training``) returns the deep-supervision logits.
+        eval mode. ``with_aux`` (default: ``self.training``) returns the deep-supervision logits and,
+        with the supervised gate, the gates' error logits (``NetOutput.gate_logits``).
         """
         self.check_window(x.shape[2:])
         if masks is not None and len(masks) != len(self._sites):
@@ -322,9 +358,10 @@ class TUNEPP(nn.Module):
         named: dict[str, Tensor | None] = (
             {s.name: m for s, m in zip(self._sites, masks, strict=True)} if masks is not None else {}
         )
-        full, skips = self._encode(x)
         want_aux = self.training if with_aux is None else with_aux
-        return self._decode(0, skips[-1], full, skips, named, want_aux)
+        sink: list[Tensor] | None = [] if want_aux and self.gate == "supervised" else None
+        full, skips = self._encode(x, sink)
+        return self._decode(0, skips[-1], full, skips, named, want_aux, sink)
 
 
 def build_network(cfg: TuneppConfig) -> TUNEPP:
@@ -349,6 +386,7 @@ def build_network(cfg: TuneppConfig) -> TUNEPP:
         dropout_mode=m.dropout.mode,
         topo_lambda=m.topo_lambda,
         full_res_channels=m.full_res_channels,
+        gate=m.gate,
     )
     for name, window in (("data.crop_size", cfg.data.crop_size), ("infer.window", cfg.infer.window)):
         if window is not None and any(w % t for w, t in zip(window, net.total_stride, strict=True)):

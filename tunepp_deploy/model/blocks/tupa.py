@@ -21,12 +21,26 @@ Uncertainty-guided fusion, per voxel:
 
 High predicted uncertainty leans on the structural prior, low uncertainty on the data branches.
 Fixes the audit's fusion flaw: the public code used ``w_t = sigmoid(sigma)`` with ``sigma >= 0``,
-so the topology branch always got at least half the weight; the shifted, scaled gate spans (0, 1).
+so the topology branch always got at least half the weight; the shifted, scaled gate reaches above
+and below one half, though since ``sigma >= 0`` it has the floor ``w_t > sigmoid(-a b)`` (1/3 at init).
+
+**Two gates** (``gate=``, ``model.gate`` in the config):
+
+* ``"learned"`` (default; the gate above, the weights of every checkpoint written before the option
+  existed): no loss reaches ``sigma`` except through the task, so it is a free learned gate, not a
+  *predicted uncertainty* as the seed describes.
+* ``"supervised"`` (:class:`SupervisedGate`): ``z = MLP(LN(x))`` is the logit of the probability
+  ``u = sigmoid(z)`` that the network's **final** prediction is wrong at this token, trained by
+  :func:`tunepp_deploy.losses.gate.gate_loss` (target: ``1 - p_true`` of the detached final softmax,
+  averaged over the token's cell); ``w_t = sigmoid(a (z - shift))`` with ``z`` detached, ``a = 1,
+  shift = 0`` at init (so ``w_t = u``), spanning (0, 1) with no floor. The detach is the point: the
+  task loss may choose *how much* to trust topology at a given uncertainty (``a``, ``shift``), not
+  *what* the uncertainty is. Why this design and not the log-variance head: docs/results/tupa_gate.md.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -48,12 +62,21 @@ class TupaInternals(NamedTuple):
     """Per-voxel intermediate maps of one block, for tests and analysis (``[B, 1, D, H, W]`` each)."""
 
     critical: Tensor  # m, the detector's critical-point score in (0, 1)
-    sigma: Tensor  # predicted uncertainty >= 0
+    sigma: Tensor  # predicted uncertainty: learned gate softplus >= 0, supervised gate P(wrong) in (0, 1)
     w_topology: Tensor  # fusion weight of the topology branch in (0, 1)
 
 
+#: ``model.gate``: which gate every TUPA block fuses with (module docstring).
+GateMode = Literal["learned", "supervised"]
+GATE_MODES: tuple[str, ...] = ("learned", "supervised")
+
+
 class UncertaintyGate(nn.Module):
-    """``sigma = softplus(MLP(t))`` and ``w_t = sigmoid(a (sigma - b))`` per token (see module doc)."""
+    """``sigma = softplus(MLP(t))`` and ``w_t = sigmoid(a (sigma - b))`` per token (see module doc).
+
+    Range: ``w_t`` lies in ``(sigmoid(-a b), 1)`` because ``sigma >= 0``; at init ``a = 1`` and
+    ``b = ln 2`` so the floor is ``sigmoid(-ln 2) = 1/3`` (:meth:`floor`).
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -69,6 +92,38 @@ class UncertaintyGate(nn.Module):
         w_t = torch.sigmoid(F.softplus(self.a_raw) * (sigma - self.b))
         return sigma, w_t
 
+    def floor(self) -> float:
+        """The infimum of ``w_t`` over all inputs, ``sigmoid(-a b)`` (at ``sigma = 0``)."""
+        with torch.no_grad():
+            return float(torch.sigmoid(-F.softplus(self.a_raw) * self.b))
+
+
+class SupervisedGate(nn.Module):
+    """A gate fed by a *supervised* predicted uncertainty (module docstring, ``gate="supervised"``).
+
+    ``z = error_head(t)`` (an MLP) is the logit of ``u``, the predicted probability that the final
+    prediction is wrong at the token; ``w_t = sigmoid(a (z.detach() - shift))``,
+    ``a = softplus(slope_raw) > 0``. Because ``w_t`` is strictly increasing in ``u`` it ranks tokens
+    exactly as the uncertainty does, and it spans (0, 1) (``z`` is unbounded). ``a = 1, shift = 0`` at
+    init: ``w_t = u``; the head's last bias starts at 0, ``u = 1/2``. The parameter names differ from
+    :class:`UncertaintyGate`'s on purpose: a supervised block's weights cannot load silently into a
+    learned block (same shapes, another meaning) or back.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        hidden = max(channels // 4, 4)
+        self.error_head = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.error_head[-1].bias)
+        self.slope_raw = nn.Parameter(torch.tensor(0.5413))  # softplus(0.5413) = 1.000
+        self.shift = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``[B, N, C] -> (u, w_t, z)``, each ``[B, N, 1]``; ``z`` is what ``gate_loss`` trains."""
+        z = self.error_head(tokens)
+        w_t = torch.sigmoid(F.softplus(self.slope_raw) * (z.detach() - self.shift))
+        return torch.sigmoid(z), w_t, z
+
 
 class TUPABlock(nn.Module):
     """One TUPA block on a ``[B, C, D, H, W]`` feature map; output has the same shape.
@@ -79,6 +134,7 @@ class TUPABlock(nn.Module):
         proj_tokens: P, the most key/value cells of the spatial and topology branches.
         topo_lambda: initial per-head strength of the critical-point key bias.
         layer_scale: initial layer-scale gamma on the attention residual.
+        gate: ``"learned"`` (:class:`UncertaintyGate`) or ``"supervised"`` (:class:`SupervisedGate`).
     """
 
     def __init__(
@@ -88,10 +144,14 @@ class TUPABlock(nn.Module):
         proj_tokens: int,
         topo_lambda: float = 1.0,
         layer_scale: float = 0.1,
+        gate: GateMode = "learned",
     ) -> None:
         super().__init__()
         if channels % heads:
             raise ValueError(f"channels {channels} not divisible by heads {heads}")
+        if gate not in GATE_MODES:
+            raise ValueError(f"gate must be one of {GATE_MODES}, got {gate!r}")
+        self.gate_mode = gate
         self.heads = heads
         self.proj_tokens = proj_tokens
         self.norm = nn.LayerNorm(channels)
@@ -104,14 +164,28 @@ class TUPABlock(nn.Module):
         self.proj_spatial = nn.Linear(channels, half)
         self.proj_channel = nn.Linear(channels, channels - half)
         self.proj_topology = nn.Linear(channels, channels)
-        self.gate = UncertaintyGate(channels)
+        # Same attribute name for both, so a learned block's state-dict keys are those of old checkpoints.
+        self.gate: UncertaintyGate | SupervisedGate = (
+            SupervisedGate(channels) if gate == "supervised" else UncertaintyGate(channels)
+        )
         self.gamma = nn.Parameter(torch.full((1, channels, 1, 1, 1), float(layer_scale)))
         self.refine = ResConvBlock(channels, channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_with_internals(x)[0]
+        return self._run(x)[0]
 
     def forward_with_internals(self, x: Tensor) -> tuple[Tensor, TupaInternals]:
+        """The output and this block's per-voxel maps (:class:`TupaInternals`)."""
+        out, internals, _ = self._run(x)
+        return out, internals
+
+    def forward_with_error_logit(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The output and the supervised gate's error logit ``z`` as ``[B, 1, d, h, w]`` (None for the
+        learned gate, which has nothing to supervise)."""
+        out, _, z = self._run(x)
+        return out, z
+
+    def _run(self, x: Tensor) -> tuple[Tensor, TupaInternals, Tensor | None]:
         shape = (int(x.shape[2]), int(x.shape[3]), int(x.shape[4]))
         grid = pool_grid(shape, self.proj_tokens)
         h = self.heads
@@ -128,11 +202,15 @@ class TUPABlock(nn.Module):
         topo = merge_heads(self.topology(qh, from_tokens(k, shape), from_tokens(v_t, shape), m, grid))
 
         data = torch.cat([self.proj_spatial(spatial), self.proj_channel(channel)], dim=-1)
-        sigma, w_t = self.gate(tn)
+        z: Tensor | None = None
+        if isinstance(self.gate, SupervisedGate):
+            sigma, w_t, z = self.gate(tn)
+        else:
+            sigma, w_t = self.gate(tn)
         fused = (1.0 - w_t) * data + w_t * self.proj_topology(topo)
         y = x + self.gamma * from_tokens(fused, shape)
         internals = TupaInternals(critical=m, sigma=from_tokens(sigma, shape), w_topology=from_tokens(w_t, shape))
-        return self.refine(y), internals
+        return self.refine(y), internals, None if z is None else from_tokens(z, shape)
 
 
-__all__ = ["TUPABlock", "TupaInternals", "UncertaintyGate"]
+__all__ = ["GATE_MODES", "GateMode", "SupervisedGate", "TUPABlock", "TupaInternals", "UncertaintyGate"]
