@@ -110,6 +110,9 @@ class ModelConfig(_Strict):
     dropout: DropoutConfig = DropoutConfig()
     topo_lambda: float = Field(1.0, ge=0.0)
     full_res_channels: int | None = Field(None, ge=1)
+    # TUPA fusion gate (model/blocks/tupa.py): "learned" = free gate, the weights of every earlier
+    # checkpoint; "supervised" = fed by a predicted error probability trained by loss.lambda_gate.
+    gate: Literal["learned", "supervised"] = "learned"
 
     @model_validator(mode="after")
     def _lengths(self) -> ModelConfig:
@@ -143,6 +146,9 @@ class LossConfig(_Strict):
     # soft clDice (Shit et al. 2021) on this label (e.g. the phantoms' tube, 4), weighted by cldice_weight.
     cldice_class: int | None = Field(None, ge=1)
     cldice_weight: float = Field(0.0, ge=0.0)
+    # Weight of the supervised TUPA gates' error-prediction term (losses/gate.py); no effect unless
+    # model.gate is "supervised".
+    lambda_gate: float = Field(0.1, ge=0.0)
 
 
 class TrainConfig(_Strict):
@@ -182,6 +188,12 @@ class TuneppConfig(_Strict):
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     infer: InferConfig = InferConfig()
+
+    @model_validator(mode="after")
+    def _gate_has_a_loss(self) -> TuneppConfig:
+        if self.model.gate == "supervised" and self.loss.lambda_gate == 0:
+            raise ValueError("model.gate 'supervised' needs loss.lambda_gate > 0 (nothing else trains its error head)")
+        return self
 
     @property
     def window(self) -> IntTriple:

@@ -1,6 +1,7 @@
 r"""The TUNE++ training objective, assembled from ``cfg.loss``.
 
     total = L_dice + L_ce + lambda1 L_topo + lambda2 L_unc + lambda3 L_cal + lambda4 L_hier + w_cl L_cldice
+            + lambda_gate L_gate
 
 * ``L_dice``, ``L_ce``: :mod:`.dice_ce` on the full-resolution logits;
 * ``L_topo`` by ``topo_mode``: ``voxel`` — :mod:`.topology`, CE weighted by ``W = 1 + w_b B + w_j J + w_a A``
@@ -13,7 +14,9 @@ r"""The TUNE++ training objective, assembled from ``cfg.loss``.
 * ``L_unc``: :mod:`.uncertainty`, Kendall & Gal's MC-sampled heteroscedastic softmax loss with the
   log-variance head, ``T = unc_samples``;
 * ``L_cal``: :mod:`.calibration`, Brier + DCA;
-* ``L_hier``: :mod:`.hierarchical`, Dice + CE on the deep-supervision logits.
+* ``L_hier``: :mod:`.hierarchical`, Dice + CE on the deep-supervision logits;
+* ``L_gate``: :mod:`.gate`, the supervised TUPA gates' error prediction (``output.gate_logits``;
+  0 for a learned-gate network, which returns none).
 
 Every term is computed in float32 (safe under autocast). Terms whose lambda is 0 are reported as 0
 and not computed (the complexity map is the expensive one: ~50 ms per 48x48x32 volume here).
@@ -31,11 +34,12 @@ from tunepp_deploy.config.schema import LossConfig
 from tunepp_deploy.losses.calibration import calibration_loss
 from tunepp_deploy.losses.complexity import anomaly_components, complexity_weights, structure_weights
 from tunepp_deploy.losses.dice_ce import dice_ce_loss
+from tunepp_deploy.losses.gate import gate_loss
 from tunepp_deploy.losses.hierarchical import hierarchical_loss
 from tunepp_deploy.losses.topology import component_topology_loss, topology_loss
 from tunepp_deploy.losses.uncertainty import heteroscedastic_loss
 
-TERMS = ("dice", "ce", "topology", "cldice", "uncertainty", "calibration", "hierarchical", "total")
+TERMS = ("dice", "ce", "topology", "cldice", "uncertainty", "calibration", "hierarchical", "gate", "total")
 
 
 class TuneppLoss(nn.Module):
@@ -112,6 +116,8 @@ class TuneppLoss(nn.Module):
         terms["uncertainty"] = heteroscedastic_loss(logits, log_var, labels, c.unc_samples) if c.lambda2 else zero
         terms["calibration"] = calibration_loss(logits, labels) if c.lambda3 else zero
         terms["hierarchical"] = hierarchical_loss(aux, labels) if c.lambda4 else zero
+        gates: Sequence[Tensor] = getattr(output, "gate_logits", ())
+        terms["gate"] = gate_loss(gates, logits, labels) if c.lambda_gate and gates else zero
         terms["total"] = (
             dice
             + ce
@@ -120,6 +126,7 @@ class TuneppLoss(nn.Module):
             + c.lambda2 * terms["uncertainty"]
             + c.lambda3 * terms["calibration"]
             + c.lambda4 * terms["hierarchical"]
+            + c.lambda_gate * terms["gate"]
         )
         return terms
 
