@@ -33,9 +33,11 @@ and below one half, though since ``sigma >= 0`` it has the floor ``w_t > sigmoid
   ``u = sigmoid(z)`` that the network's **final** prediction is wrong at this token, trained by
   :func:`tunepp_deploy.losses.gate.gate_loss` (target: ``1 - p_true`` of the detached final softmax,
   averaged over the token's cell); ``w_t = sigmoid(a (z - shift))`` with ``z`` detached, ``a = 1,
-  shift = 0`` at init (so ``w_t = u``), spanning (0, 1) with no floor. The detach is the point: the
-  task loss may choose *how much* to trust topology at a given uncertainty (``a``, ``shift``), not
-  *what* the uncertainty is. Why this design and not the log-variance head: docs/results/tupa_gate.md.
+  shift = 0`` at init (so ``w_t = u``), spanning (0, 1) with no floor. The two detaches are the
+  point: the task loss may choose *how much* to trust topology at a given uncertainty (``a``,
+  ``shift``), not *what* the uncertainty is; and the error loss trains the error heads only (their
+  input tokens are detached too), so it cannot reshape the segmentation features to make errors
+  easy to predict. Why this design and not the log-variance head: docs/results/tupa_gate.md.
 """
 
 from __future__ import annotations
@@ -101,8 +103,8 @@ class UncertaintyGate(nn.Module):
 class SupervisedGate(nn.Module):
     """A gate fed by a *supervised* predicted uncertainty (module docstring, ``gate="supervised"``).
 
-    ``z = error_head(t)`` (an MLP) is the logit of ``u``, the predicted probability that the final
-    prediction is wrong at the token; ``w_t = sigmoid(a (z.detach() - shift))``,
+    ``z = error_head(t.detach())`` (an MLP) is the logit of ``u``, the predicted probability that the
+    final prediction is wrong at the token; ``w_t = sigmoid(a (z.detach() - shift))``,
     ``a = softplus(slope_raw) > 0``. Because ``w_t`` is strictly increasing in ``u`` it ranks tokens
     exactly as the uncertainty does, and it spans (0, 1) (``z`` is unbounded). ``a = 1, shift = 0`` at
     init: ``w_t = u``; the head's last bias starts at 0, ``u = 1/2``. The parameter names differ from
@@ -120,7 +122,7 @@ class SupervisedGate(nn.Module):
 
     def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``[B, N, C] -> (u, w_t, z)``, each ``[B, N, 1]``; ``z`` is what ``gate_loss`` trains."""
-        z = self.error_head(tokens)
+        z = self.error_head(tokens.detach())
         w_t = torch.sigmoid(F.softplus(self.slope_raw) * (z.detach() - self.shift))
         return torch.sigmoid(z), w_t, z
 
