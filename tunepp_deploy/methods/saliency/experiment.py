@@ -6,10 +6,13 @@
 * **data** (:mod:`.data2d`): 2D phantom slices or an ISIC-style folder; per seed a seeded
   train/test split over cases (phantoms) or images (ISIC);
 * **per seed**: train :class:`~tunepp_deploy.methods.unet2d.UNet2d` (Dice + CE, Adam; init and
-  batches from the seed), then on the test images S MC samples (dropout masks from the seed) with a
-  Seg-Grad-CAM per sample on the bottleneck (:func:`~.fusion.mc_saliency`) — **one** MC run per
-  seed; every fusion weight ``w`` is then ``fuse(V_pred, V_sal, w)`` of the same two maps, so the
-  sweep differs only in ``w``, not in training or sampling noise;
+  batches from the seed), then on the test images S MC samples (dropout masks from the seed) with
+  Seg-Grad-CAMs per sample (:func:`~.fusion.mc_saliency`) on ``settings.target`` — by default the
+  activation after the last dropout site, one map per foreground class (:mod:`.gradcam`; the first
+  version's bottleneck target and summed score stay selectable, ``target="bottleneck"``,
+  ``per_class=False``) — **one** MC run per seed; every fusion weight ``w`` is then
+  ``fuse(V_pred, V_sal, w)`` of the same two maps, so the sweep differs only in ``w``, not in
+  training or sampling noise;
 * **scores**, pooled over the test images (:func:`~.fusion.uncertainty_calibration`): foreground
   ECE of ``1 - norm(U)`` over the union of predicted and true foreground pixels, pixel-error AUROC
   over all pixels and over that foreground union; plus pixel accuracy and mean foreground Dice of
@@ -71,6 +74,7 @@ from tunepp_deploy.methods.saliency.fusion import (
     mc_saliency,
     uncertainty_calibration,
 )
+from tunepp_deploy.methods.saliency.gradcam import DEFAULT_TARGET, resolve_target
 from tunepp_deploy.methods.saliency.phantom2d import phantom_slices
 from tunepp_deploy.methods.unet2d import UNet2d
 from tunepp_deploy.metrics.overlap import dice_per_class
@@ -129,19 +133,21 @@ def train_unet2d(images: np.ndarray, labels: np.ndarray, num_classes: int, iters
 def run_saliency_comparison(
     cases: int = 6, test_cases: int = 2, iters: int = 150, samples: int = 10, w: float = DEFAULT_FUSION_WEIGHT,
     seed: int = 0, shape: tuple[int, int, int] = (64, 64, 48), widths: tuple[int, ...] = (16, 32, 64),
+    target: str = DEFAULT_TARGET, per_class: bool = True,
 ) -> dict[str, Any]:
-    """Train on ``cases - test_cases`` phantoms' slices, compare raw V_pred / V_sal / fused on the rest."""
+    """Train on ``cases - test_cases`` phantoms' slices, compare raw V_pred / V_sal / fused on the rest
+    (Grad-CAM on ``target``, per class unless ``per_class=False``)."""
     imgs, labs, idx = phantom_slices(cases, seed=seed, shape=shape)
     train = idx < cases - test_cases
     net = train_unet2d(imgs[train], labs[train], 5, iters, seed, widths)
     masks = sample_masks(net.dropout_sites(), (1, 1, 1), samples, seed)
     fwd = unet2d_forward_sample(net, masks)
     x, y = torch.from_numpy(imgs[~train]), labs[~train]
-    maps = mc_saliency(fwd, net.bottleneck, x, samples, w)
+    maps = mc_saliency(fwd, resolve_target(net, target), x, samples, w, per_class=per_class)
     probs = maps.mean_probs.numpy().transpose(1, 0, 2, 3)  # [K, N, H, W]
     pred = probs.argmax(0)
     out: dict[str, Any] = {"test_slices": int((~train).sum()), "train_slices": int(train.sum()), "samples": samples,
-                           "fusion_weight": w, "iters": iters,
+                           "fusion_weight": w, "iters": iters, "target": target, "per_class": per_class,
                            "pixel_accuracy": float((pred == y).mean()),
                            "ece_voxels": "union of predicted and true foreground"}
     for name, u in (("predictive_variance", maps.predictive_variance), ("saliency_variance", maps.saliency_variance),
@@ -166,6 +172,8 @@ class SaliencySettings:
     lr: float = 3e-3
     test_fraction: float = 1 / 3
     chunk: int = 16  # test images per MC + Grad-CAM batch (bounds the backward's memory, not the result)
+    target: str = DEFAULT_TARGET  # Grad-CAM activation (gradcam.resolve_target); "bottleneck" = first version
+    per_class: bool = True  # one Grad-CAM per foreground class (False: one map of the summed score)
 
 
 def check_weights(weights: Sequence[float]) -> tuple[float, ...]:
@@ -216,8 +224,9 @@ def seed_maps(data: Data2d, seed: int, s: SaliencySettings, progress: Progress |
     x = torch.from_numpy(data.images[test])
     chunks = range(0, len(x), s.chunk)
     probs, pv, sv = [], [], []
+    layer = resolve_target(net, s.target)
     for j, start in enumerate(chunks):
-        m = mc_saliency(fwd, net.bottleneck, x[start:start + s.chunk], s.samples)
+        m = mc_saliency(fwd, layer, x[start:start + s.chunk], s.samples, per_class=s.per_class)
         probs.append(m.mean_probs)
         pv.append(m.predictive_variance)
         sv.append(m.saliency_variance)
@@ -266,10 +275,22 @@ def _wkey(w: float) -> str:
     return f"{w:g}"
 
 
+def t_ci95(values: Sequence[float]) -> float | None:
+    """Half-width of the two-sided 95% Student-t interval of the mean of the finite ``values``
+    (``t_{0.975, n-1} sd / sqrt(n)``); None below two values. Seeds are few (3-5), so the normal
+    1.96 would understate the interval by a factor of up to 2.2."""
+    from scipy.stats import t
+
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
+    if v.size < 2:
+        return None
+    return float(t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+
+
 def _mean_sd(values: Sequence[float]) -> dict[str, float | int | None]:
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
     return {"mean": float(v.mean()) if v.size else None, "sd": float(v.std(ddof=1)) if v.size > 1 else None,
-            "n": int(v.size)}
+            "ci95": t_ci95(list(v)), "n": int(v.size)}
 
 
 def _label(w: float) -> str:
@@ -448,7 +469,7 @@ def verdict(per_seed: list[dict[str, Any]], weights: Sequence[float]) -> list[st
 
 
 def summarize(per_seed: list[dict[str, Any]], weights: Sequence[float]) -> dict[str, Any]:
-    """Mean and sample sd over seeds of every reported number."""
+    """Mean, sample sd and 95% t-interval half-width (:func:`t_ci95`) over seeds of every reported number."""
     out: dict[str, Any] = {k: _mean_sd([r[k] for r in per_seed]) for k in ("pixel_accuracy", "dice")}
     out["predictive_variance_raw"] = {m: _mean_sd([r["predictive_variance_raw"][m] for r in per_seed])
                                       for m in METRICS}
@@ -462,6 +483,7 @@ def run_saliency_experiment(data: Data2d, settings: SaliencySettings, progress: 
                             ) -> dict[str, Any]:
     """Every seed of ``settings`` on ``data``: per-seed scores, mean ± sd, verdict (module doc)."""
     s = check_settings(settings)
+    resolve_target(UNet2d(data.images.shape[1], data.num_classes, s.widths), s.target)  # fail before training
     t0 = time.perf_counter()
     per_seed = []
     for seed in s.seeds:
@@ -475,7 +497,7 @@ def run_saliency_experiment(data: Data2d, settings: SaliencySettings, progress: 
         if progress is not None:
             progress(seed, "score", 1, 1)
     return {"source": data.source, "data": data.info, "num_classes": data.num_classes, "settings": asdict(s),
-            "ece_pixels": ECE_PIXELS,
+            "ece_pixels": ECE_PIXELS, "target": s.target, "per_class": s.per_class,
             "normalisation": "V_pred and V_sal min-max normalised per image before fusing (fusion.fuse); every w row "
                              "uses that scale, w=1 is V_pred alone on it; predictive_variance_raw skips it",
             "noise_control": NOISE_CONTROL,
@@ -499,6 +521,7 @@ __all__ = [
     "score_maps",
     "seed_maps",
     "summarize",
+    "t_ci95",
     "train_unet2d",
     "tunepp_forward_sample",
     "unet2d_forward_sample",
