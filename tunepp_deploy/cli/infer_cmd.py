@@ -75,7 +75,8 @@ def _refuse_foreign_options(method: str, given: dict[str, bool]) -> None:
 
 @user_errors
 def infer(
-    input: Annotated[Path, typer.Option("--input", "-i", help="A NIfTI scan or a folder of scans.")],
+    input: Annotated[Path, typer.Option("--input", "-i", help=(
+        "A NIfTI scan, a DICOM series folder ([dicom] extra) or a folder of scans / DICOM series folders."))],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (.pt), ONNX (.onnx) or TensorRT engine.")],
     method: Annotated[str, typer.Option(
@@ -108,6 +109,8 @@ def infer(
     num_parts: Annotated[int, typer.Option(help="Split a folder into N parts (job arrays, one part per GPU); "
                                                 "case i of the name-sorted list goes to part i % N.")] = 1,
     part_id: Annotated[int, typer.Option(help="The part this run computes, 0..N-1 (with --num-parts).")] = 0,
+    series_uid: Annotated[str | None, typer.Option(
+        help="SeriesInstanceUID to read when the -i DICOM folder holds several series.")] = None,
 ) -> None:
     """Segmentation with uncertainty maps and a JSON report: TUNE++ MC dropout, SegWithU, a variational network
     or saliency fusion."""
@@ -142,6 +145,13 @@ def infer(
         from tunepp_deploy.data.nifti import load_volume
 
         load_volume(input)
+    one_series = images == [input] and input.is_dir()
+    if series_uid is not None and not one_series:
+        raise TuneppError(f"{input}: --series-uid picks a series in one DICOM folder; -i is not one DICOM folder")
+    if one_series:  # a DICOM series folder: check its headers before loading the model
+        from tunepp_deploy.data.dicom import read_series
+
+        read_series(input, series_uid, pixels=False)
     if flag_threshold is None:
         from tunepp_deploy.infer.case import DEFAULT_FLAG_THRESHOLD
 
@@ -151,7 +161,7 @@ def infer(
         with _sigterm_as_interrupt() as got:
             try:
                 _run_batch(input if part is None else part, out, model, chosen, backend, device, overwrite,
-                           flag_threshold, names,
+                           flag_threshold, names, series_uid,
                            RunOptions(samples=samples, seed=seed, overlap=overlap, max_batch=max_batch,
                                       memory_gb=memory_gb, blend=blend, noise_draws=noise_draws),  # type: ignore[arg-type]
                            dict(threads=threads, amp=amp, cuda_graphs=cuda_graphs, temperature=temperature,
@@ -167,7 +177,7 @@ def infer(
 
 
 def _run_batch(input: Path | list[Path], out: Path, model: Path, method: str, backend: str, device: str,
-               overwrite: bool, flag_threshold: float, names: list[str], opts: RunOptions,
+               overwrite: bool, flag_threshold: float, names: list[str], series_uid: str | None, opts: RunOptions,
                open_kw: dict[str, Any]) -> None:
     """Open the predictor and run every case (``input``: a scan, a folder or one part's scans), with progress
     bars; a folder run then writes the triage page ``OUT/index.html``; exit 1 if any case failed.
@@ -203,8 +213,8 @@ def _run_batch(input: Path | list[Path], out: Path, model: Path, method: str, ba
             total = len(input) if isinstance(input, list) else len(names)
             tasks["cases"] = progress.add_task("cases", total=total)
             tasks["work"] = progress.add_task("windows x samples", total=None)
-            res = run_paths(input, out, predictor, CaseOptions(overwrite, flag_threshold, model=model), on_case,
-                            on_work)
+            case_opts = CaseOptions(overwrite, flag_threshold, model=model, series_uid=series_uid)
+            res = run_paths(input, out, predictor, case_opts, on_case, on_work)
         finally:
             progress.stop()
     busy = f" ({len(res.busy)} in progress elsewhere)" if res.busy else ""

@@ -107,25 +107,36 @@ def _is_own_output(f: Path, cases: set[str], folder: Path) -> bool:
 
 
 def list_images(path: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Scans to run inference on: one file, or every NIfTI file in a folder (sorted).
+    """Scans to run inference on: one file, a DICOM folder (one series: the folder is the scan), or every
+    NIfTI file and every DICOM subfolder in a folder (sorted).
 
     Hidden files are never scans (the tool's own temporary and lock files are hidden). A dangling
     symbolic link with a NIfTI name is listed, so the batch reports it as a failed case by name instead
     of skipping it without a word. When ``out_dir`` is the folder itself (``-o`` equal to ``-i``), the
     tool's own outputs (:data:`OUTPUT_SUFFIXES` of a listed case, or of a case with a report there) are
-    left out, so a rerun does not feed them back as scans.
+    left out, so a rerun does not feed them back as scans. A folder holding DICOM files and NIfTI scans
+    other than its own outputs is refused (which one is the scan?). Detecting DICOM needs no pydicom.
     """
+    from tunepp_deploy.data import dicom
+
     p = Path(path)
     if p.is_file():
         return [p]
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if _is_nifti(f) and (f.is_file() or (f.is_symlink() and not f.exists())))
+        if dicom.is_dicom_folder(p):
+            scans = [f for f in files if not _is_own_output(f, {dicom.dicom_case_name(p)}, p)]
+            if scans:
+                raise DataError(f"{p}: holds DICOM files and NIfTI scans ({scans[0].name}); put the DICOM series "
+                                "in a folder of its own")
+            return [p]
+        series = dicom.dicom_subfolders(p)
         if out_dir is not None and _same_folder(p, Path(out_dir)):
-            cases = {case_stem(f) for f in files}
+            cases = {case_stem(f) for f in files} | {s.name for s in series}
             files = [f for f in files if not _is_own_output(f, cases, p)]
-        if not files:
-            raise DataError(f"{p}: no .nii or .nii.gz files in this folder")
-        return files
+        if not files and not series:
+            raise DataError(f"{p}: no .nii or .nii.gz files (nor DICOM series) in this folder")
+        return sorted([*files, *series], key=lambda f: f.name)
     raise DataError(f"{p}: file or folder not found")
 
 
@@ -142,12 +153,18 @@ def case_stem(path: Path) -> str:
 
 
 def case_name(path: Path) -> str:
-    """Output name of a scan: file name without .nii(.gz) and without a ``_0000`` channel suffix.
+    """Output name of a scan: file name without .nii(.gz) and without a ``_0000`` channel suffix; for a
+    DICOM series folder, the folder's name unchanged.
 
     An empty name (``.nii.gz``, ``_0000.nii.gz``) or a hidden one (``..nii.gz`` -> ``.``) is a one-line
     :class:`DataError`: its outputs would be hidden files (``._seg.nii.gz``) or clash with the tool's own.
     """
-    name = case_stem(path)
+    if path.is_dir():  # a DICOM series folder: its own name (tunepp_deploy.data.dicom.dicom_case_name)
+        from tunepp_deploy.data.dicom import dicom_case_name
+
+        name = dicom_case_name(path)
+    else:
+        name = case_stem(path)
     if not name or name.startswith("."):
         raise DataError(f"{path}: its case name '{name}' is empty or hidden; rename the scan (e.g. case.nii.gz)")
     return name

@@ -1,8 +1,9 @@
 """The one case pipeline: a scan of any method enters here and leaves as NIfTI + a JSON report.
 
-Per case, whatever the :class:`~tunepp_deploy.predictors.base.Predictor`: load (one-line error for
-anything unusable) -> resample to the model's spacing and normalise (the training preprocessing, from
-the model's config) -> ``predictor.predict`` on the model grid -> resample the probabilities and maps
+Per case, whatever the :class:`~tunepp_deploy.predictors.base.Predictor`: load (a NIfTI file, or a DICOM
+series folder via :mod:`tunepp_deploy.data.dicom`; one-line error for anything unusable) -> resample to
+the model's spacing and normalise (the training preprocessing, from the model's config) ->
+``predictor.predict`` on the model grid -> resample the probabilities and maps
 back to the input grid (trilinear; labels = argmax of the resampled probabilities, smoother than
 resampling labels) -> ``predictor.finish_maps`` (invariants such as ``total = aleatoric + epistemic``)
 -> topology report -> write. Outputs of case ``NAME`` keep the input's affine and header geometry::
@@ -65,6 +66,8 @@ class CaseOptions:
     #: The model file the predictor was opened from: its SHA-256 goes into each report's run manifest
     #: (``None``: recorded as unknown).
     model: Path | None = None
+    #: SeriesInstanceUID to read from a DICOM folder that holds several series (``--series-uid``).
+    series_uid: str | None = None
 
 
 def output_paths(out_dir: Path, name: str, map_names: tuple[str, ...], write_probs: bool = False) -> dict[str, Path]:
@@ -112,7 +115,14 @@ def run_case(image: Path, out_dir: Path, predictor: Predictor, opts: CaseOptions
     name = case_name(image)
     paths = output_paths(out_dir, name, predictor.map_names, o.write_probs)
     timer = StageTimer()
-    vol = load_volume(image)
+    dicom: dict[str, Any] = {}
+    if image.is_dir():  # a DICOM series folder (tunepp_deploy.data.dicom; the [dicom] extra)
+        from tunepp_deploy.data.dicom import read_series
+
+        series = read_series(image, o.series_uid)
+        vol, dicom = series.volume, {"dicom": series.describe()}
+    else:
+        vol = load_volume(image)
     timer.lap("load")
     pre = preprocess_image(vol.array, vol.spacing, predictor.spacing, predictor.intensity)
     timer.lap("preprocess")
@@ -130,6 +140,7 @@ def run_case(image: Path, out_dir: Path, predictor: Predictor, opts: CaseOptions
     report: dict[str, Any] = {
         "name": name,
         "input": str(image),
+        **dicom,
         **predictor.describe(),
         "runner": predictor.describe_runner(),
         "input_shape": list(vol.shape),
