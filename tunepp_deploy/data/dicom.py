@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,8 @@ class SeriesSummary:
     modality: str
     description: str
     files: tuple[Path, ...]
+    #: The files' headers (no pixels), kept so that reading the chosen series parses each header once.
+    headers: tuple[Any, ...] = field(default=(), repr=False, compare=False)
 
     def line(self) -> str:
         desc = f" '{self.description}'" if self.description else ""
@@ -200,7 +202,7 @@ def list_series(folder: str | Path) -> list[SeriesSummary]:
     for uid, members in sorted(groups.items()):
         ds0 = members[0][1]
         out.append(SeriesSummary(uid, str(ds0.get("Modality", "") or ""), str(ds0.get("SeriesDescription", "") or ""),
-                                 tuple(p for p, _ in members)))
+                                 tuple(p for p, _ in members), tuple(ds for _, ds in members)))
     return out
 
 
@@ -373,7 +375,7 @@ def read_series(folder: str | Path, series_uid: str | None = None, *, cap: int |
     chosen = choose_series(f, series_uid)
     pydicom = _pydicom(f)
     where = f"{f} (series {chosen.uid})" if chosen.uid else str(f)
-    slices = [_slice(_read_header(pydicom, p), p) for p in chosen.files]
+    slices = [_slice(ds, p) for p, ds in zip(chosen.files, chosen.headers, strict=True)]
     _same(slices, where)
     order, affine = stack_geometry(slices[0].orientation, np.stack([s.position for s in slices]),
                                    slices[0].spacing, [s.path.name for s in slices], where)
