@@ -174,6 +174,29 @@ def test_gradient_finite_skip_and_autocast() -> None:
     assert zero.item() == 0.0 and zero.requires_grad
 
 
+def test_threads_and_downsample() -> None:
+    """Threads change nothing; the 2x map is the max-pooled one, compared with the pooled truth."""
+    torch.manual_seed(2)
+    lab = _scene()
+    z = torch.randn(1, 4, 16, 16, 8, requires_grad=True)
+    one = persistence_loss(z, lab)
+    (g_one,) = torch.autograd.grad(one, z)
+    two = persistence_loss(z, lab, workers=3)
+    (g_two,) = torch.autograd.grad(two, z)
+    assert one.item() == two.item() and torch.equal(g_one, g_two)
+    pooled = torch.nn.functional.max_pool3d(torch.softmax(z.detach(), 1), 2)
+    want = []
+    for c in (1, 2, 3):
+        pairs = superlevel_persistence(pooled[0, c].double().numpy())
+        prior = betti_numbers(torch.nn.functional.max_pool3d((lab == c).float()[None], 2)[0, 0].numpy() > 0.5)
+        total = 0.0
+        for k in range(3):
+            pers = np.sort((pairs.birth - pairs.death)[pairs.dim == k])[::-1]
+            total += ((1 - pers[: prior[k]]) ** 2).sum() + (pers[prior[k] :] ** 2).sum() + max(prior[k] - len(pers), 0)
+        want.append(total)
+    assert persistence_loss(z, lab, downsample=2).item() == pytest.approx(np.mean(want), rel=1e-5)
+
+
 def test_bad_input_is_one_clear_error() -> None:
     lab = _scene()
     with pytest.raises(TuneppError, match="logits"):
@@ -184,5 +207,7 @@ def test_bad_input_is_one_clear_error() -> None:
         persistence_loss(torch.zeros(1, 4, 16, 16, 8), lab, classes=[7])
     with pytest.raises(TuneppError, match="prior"):
         persistence_loss(_confident(lab, 4), lab, prior={1: (1, 0)})
+    with pytest.raises(TuneppError, match="workers"):
+        persistence_loss(_confident(lab, 4), lab, workers=0)
     with pytest.raises(TuneppError, match="NaN"):
         superlevel_persistence(np.full((2, 2, 2), np.nan))

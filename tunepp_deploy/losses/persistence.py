@@ -25,6 +25,7 @@ class, skipping, the speed options and their measured cost).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,6 +136,7 @@ def persistence_loss(
     classes: Sequence[int] | None = None,
     prior: Mapping[int, Sequence[int]] | None = None,
     downsample: int = 1,
+    workers: int = 1,
 ) -> Tensor:
     """PH topology loss (module docstring) for ``logits [B,K,D,H,W]`` and int ``labels [B,D,H,W]``.
 
@@ -145,12 +147,14 @@ def persistence_loss(
     A class with no truth voxel and no arg-max voxel in an item is skipped (nothing to constrain;
     saves the PH). ``downsample`` = s > 1 computes PH on ``max_pool(p, s)`` and the crop prior on
     the equally max-pooled truth mask (faster, coarser; measured in docs/persistence_loss.md).
+    ``workers`` > 1 runs the B x classes PH computations in that many threads (cripser releases
+    the GIL; the result is identical).
 
     Computed in float32 with autocast off; PH on the CPU (the map is copied there).
     """
     cls = _validate(logits, labels, classes)
-    if downsample < 1:
-        raise TuneppError(f"persistence_loss: downsample must be >= 1, got {downsample}")
+    if downsample < 1 or workers < 1:
+        raise TuneppError(f"persistence_loss: downsample and workers must be >= 1, got {downsample}, {workers}")
     K = logits.shape[1]
     with torch.autocast(device_type=logits.device.type, enabled=False):
         probs = F.softmax(logits.float(), dim=1)
@@ -161,11 +165,9 @@ def persistence_loss(
         lab_np = lab_t.cpu().numpy()
         pred_np = pred.cpu().numpy()
         probs_np = probs.detach().cpu().double().numpy()
-        terms: list[Tensor] = []
+        jobs: list[tuple[int, int, np.ndarray]] = []
         for b in range(logits.shape[0]):
             present = [c for c in cls if (lab_np[b] == c).any() or (pred_np[b] == c).any()]
-            if not present:
-                continue
             need = [c for c in present if prior is None or c not in prior]
             if downsample > 1:
                 crop = {c: _pooled_betti(lab_t[b] == c, downsample) for c in need}
@@ -175,10 +177,19 @@ def persistence_loss(
                 want = np.asarray(prior[c] if prior is not None and c in prior else crop[c], np.int64)
                 if want.shape != (3,) or (want < 0).any():
                     raise TuneppError(f"persistence_loss: prior for class {c} must be 3 Betti numbers >= 0, got {want}")
-                pairs = superlevel_persistence(probs_np[b, c])
-                terms.append(_class_loss(probs[b, c].reshape(-1), pairs, want))
-        if not terms:
+                jobs.append((b, c, want))
+        if not jobs:
             return logits.float().sum() * 0.0
+        maps = [probs_np[b, c] for b, c, _ in jobs]
+        if workers > 1 and len(maps) > 1:
+            with ThreadPoolExecutor(min(workers, len(maps))) as pool:
+                diagrams = list(pool.map(superlevel_persistence, maps))
+        else:
+            diagrams = [superlevel_persistence(m) for m in maps]
+        terms = [
+            _class_loss(probs[b, c].reshape(-1), pairs, want)
+            for (b, c, want), pairs in zip(jobs, diagrams, strict=True)
+        ]
         return torch.stack(terms).mean()
 
 
