@@ -35,9 +35,10 @@ and the error is ``BM_c = sum_k (b_k(P) - m_k) + (b_k(G) - m_k)``. Per dimension
 **Where this differs from the paper.** The paper matches barcode intervals of real-valued
 likelihood maps through Bauer–Lesnick induced matchings; for 0/1 inputs every interval has the same
 endpoints, so which of several equal intervals of C a feature is matched to is fixed by the
-implementation's voxel-order tie-break. ``m_k`` above is the tie-free version: the count the
-paper's matching gives whenever each feature of C is reached by at most one feature of P and one of
-G (the usual case), and otherwise the dimension of what P and G share, independent of voxel order.
+implementation's voxel-order tie-break. ``m_k`` above is the tie-free version: for components it is
+the paper's count under any tie-break; for cavities and tunnels it is the paper's count whenever
+each feature of P and of G lands on a single feature of C (the usual case), and otherwise the
+dimension of what P and G provably share (the paper's voxel-order-dependent count can be higher).
 Only counts are returned (no matched voxel pairs), and the error is per label, not on the union of
 labels. The 0/1 masks are thresholded predictions, not likelihoods (the loss version of the paper
 is not this metric). Longer discussion and worked cases: docs/topology_metrics.md.
