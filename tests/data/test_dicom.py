@@ -411,6 +411,15 @@ def test_infer_cli_series_choice_and_errors(tmp_path: Path, ckpt: Path, monkeypa
     np.testing.assert_allclose(seg.affine, np.diag([2.0, 2.0, 2.5, 1.0]), atol=1e-9)
     assert json.loads((tmp_path / "o2" / "two_report.json").read_text())["dicom"]["series_uid"] == "1.2.3.4.2"
     _one_line_error(_infer(tmp_path / "two", tmp_path / "o3", ckpt, "--series-uid", "7.7"), "no series")
+    # the same folder and -o with the other series: not "complete", a one-line refusal unless --overwrite
+    _one_line_error(_infer(tmp_path / "two", tmp_path / "o2", ckpt, "--series-uid", "1.2.3.4.1"),
+                    "made from DICOM series 1.2.3.4.2, not 1.2.3.4.1", "--overwrite")
+    res = _infer(tmp_path / "two", tmp_path / "o2", ckpt, "--series-uid", "1.2.3.4.1", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert nib.load(tmp_path / "o2" / "two_seg.nii.gz").shape == (16, 14, 8)
+    assert json.loads((tmp_path / "o2" / "two_report.json").read_text())["dicom"]["series_uid"] == "1.2.3.4.1"
+    res = _infer(tmp_path / "two", tmp_path / "o2", ckpt, "--series-uid", "1.2.3.4.1")  # same series: resumes
+    assert res.exit_code == 0 and "skipped two" in res.output, res.output
     (tmp_path / "empty").mkdir()
     _one_line_error(_infer(tmp_path / "empty", tmp_path / "o4", ckpt), "no .nii or .nii.gz files")
     nii = tmp_path / "x.nii.gz"

@@ -151,7 +151,12 @@ def infer(
     if one_series:  # a DICOM series folder: check its headers before loading the model
         from tunepp_deploy.data.dicom import read_series
 
-        read_series(input, series_uid, pixels=False)
+        chosen_uid = read_series(input, series_uid, pixels=False).uid
+        if not overwrite:  # resume knows the case by the folder's name: not a report of another series
+            from tunepp_deploy.data.dicom import check_report_series
+            from tunepp_deploy.infer.batch import report_path
+
+            check_report_series(report_path(out, names[0]), chosen_uid)
     if flag_threshold is None:
         from tunepp_deploy.infer.case import DEFAULT_FLAG_THRESHOLD
 

@@ -401,6 +401,25 @@ def read_series(folder: str | Path, series_uid: str | None = None, *, cap: int |
     return DicomSeries(vol, chosen.uid, chosen.modality, chosen.description, tuple(s.path for s in ordered))
 
 
+def check_report_series(report: str | Path, uid: str) -> None:
+    """Refuse to resume a case whose report was made from another series of the same folder.
+
+    Resume knows a case by its name, the folder's; without this, rerunning with another
+    ``--series-uid`` into the same output folder would skip the case as complete and keep the first
+    series' outputs. A missing or unreadable report is left to the resume logic.
+    """
+    import json
+
+    r = Path(report)
+    try:
+        made = json.loads(r.read_text()).get("dicom", {}).get("series_uid")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(made, str) and made != uid:
+        raise DataError(f"{r}: made from DICOM series {made}, not {uid}; rerun with --overwrite to redo it, or use "
+                        "another -o")
+
+
 def dicom_case_name(folder: str | Path) -> str:
     """Case name of a DICOM folder: its own name, as given (``.`` and ``..`` resolved without following links)."""
     return Path(os.path.abspath(folder)).name
@@ -411,6 +430,7 @@ __all__ = [
     "LPS_TO_RAS",
     "DicomSeries",
     "SeriesSummary",
+    "check_report_series",
     "choose_series",
     "dicom_case_name",
     "dicom_files",
