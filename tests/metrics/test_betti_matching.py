@@ -8,6 +8,7 @@ are checked against GUDHI. Neither shares code with the module under test.
 from __future__ import annotations
 
 import itertools
+import sys
 
 import numpy as np
 import pytest
@@ -319,3 +320,23 @@ def test_cavity_matching_matches_brute_force_homology(seed: int) -> None:
         assert matched.tolist() == oracle_matching(p, g)[0], seed
         hits += int(matched[2] > 0)
     assert hits > 0  # the draw really exercised matched cavities
+
+
+def test_tunnel_ranks_without_cripser_use_gudhi(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both persistence back ends give the same matching (cripser is an optional dependency)."""
+    pytest.importorskip("gudhi")
+    rng = np.random.default_rng(42)
+    cases = [(torus(S, (15, 16, 19)), torus(S, (15, 15, 18))), (ball(S, (15, 15, 20), 10.5), torus(S, (15, 15, 20)))]
+    for _ in range(6):
+        p = rng.random((6, 6, 5)) < 0.6
+        g = p.copy()
+        flip = rng.random(p.shape) < 0.2
+        g[flip] = ~g[flip]
+        cases.append((p, g))
+    with_cripser = [binary_betti_matching(p, g) for p, g in cases]
+    # the draw has matched tunnels and tunnels filled by the other side
+    assert any(m[1] > 0 for m, _, _ in with_cripser)
+    assert any(m[1] < min(bp[1], bg[1]) for m, bp, bg in with_cripser)
+    monkeypatch.setitem(sys.modules, "cripser", None)  # import cripser -> ImportError
+    without = [binary_betti_matching(p, g)[0].tolist() for p, g in cases]
+    assert without == [m.tolist() for m, _, _ in with_cripser]

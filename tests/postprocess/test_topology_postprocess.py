@@ -21,7 +21,6 @@ from tunepp_deploy.postprocess import (
     topology_postprocess,
 )
 
-cc3d = pytest.importorskip("cc3d")
 K = len(PHANTOM_CLASSES)
 
 
@@ -34,6 +33,7 @@ def _random_labels(seed: int, shape: tuple[int, int, int] = (18, 20, 16), n_labe
 
 @pytest.mark.parametrize("seed", range(4))
 def test_remove_small_components_matches_cc3d(seed: int) -> None:
+    cc3d = pytest.importorskip("cc3d")
     seg = _random_labels(seed)
     cc = cc3d.connected_components(seg, connectivity=26)  # multi-label: one id per label component
     sizes = np.bincount(cc.ravel())
@@ -47,6 +47,7 @@ def test_remove_small_components_matches_cc3d(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(3))
 def test_keep_largest_components_matches_cc3d(seed: int) -> None:
+    cc3d = pytest.importorskip("cc3d")
     seg = _random_labels(seed + 10)
     counts = {1: 0, 2: 1, 3: 3}  # label 4 untouched
     out = keep_largest_components(seg, 5, counts)

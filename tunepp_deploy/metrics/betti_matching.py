@@ -27,7 +27,8 @@ and the error is ``BM_c = sum_k (b_k(P) - m_k) + (b_k(G) - m_k)``. Per dimension
   overlap the true one scores 2 (it and the true cavity are both filled in C).
 * k = 1: ``m_1 = rank ι_P + rank ι_G - dim(im ι_P + im ι_G)``. The ranks come from the persistence
   of the two-step filtration ``P ⊆ C`` (tunnels of P still alive in C; Cubical Ripser,
-  T-construction) and the sum from Mayer–Vietoris on ``C = P ∪ G``:
+  T-construction, or GUDHI's cubical complex when cripser is not installed) and the sum from
+  Mayer–Vietoris on ``C = P ∪ G``:
   ``dim(im ι_P + im ι_G) = b1(C) - b0(C) + b0(P) + b0(G) - b0(P ∩ G)``, where ``P ∩ G`` is the
   intersection of the closed cube unions (faces and edges where P and G voxels touch count), whose
   components are counted on the doubled cell grid. A torus predicted as a solid ball scores 1.
@@ -55,8 +56,6 @@ from scipy.sparse.csgraph import connected_components as graph_components
 
 from tunepp_deploy.errors import DataError, TuneppError
 from tunepp_deploy.kernels import betti_numbers, connected_components
-
-_DEATH_INF = 1e300  # cripser reports an essential class's death as DBL_MAX
 
 
 @dataclass(frozen=True)
@@ -141,17 +140,32 @@ def _surviving_tunnels(inner: np.ndarray, outer: np.ndarray) -> int:
     """
     if np.array_equal(inner, outer):
         return betti_numbers(inner)[1]
+    values = np.where(inner, 0.0, np.where(outer, 1.0, 2.0))
     try:
         import cripser
-    except ImportError as exc:  # pragma: no cover - cripser is installed with the bench/test extras
-        raise TuneppError("betti matching of tunnels needs cripser (pip install cripser)") from exc
-    values = np.where(inner, 0.0, np.where(outer, 1.0, 2.0))
+    except ImportError:
+        return _surviving_tunnels_gudhi(values)
     ph = np.asarray(cripser.computePH_T(np.ascontiguousarray(values), maxdim=1))
     if ph.size == 0:
         return 0
     ph = ph.reshape(-1, 9)
-    dim1 = ph[:, 0] == 1
-    return int(np.sum(dim1 & (ph[:, 1] < 0.5) & (ph[:, 2] > 1.5)))
+    return int(np.sum((ph[:, 0] == 1) & (ph[:, 1] < 0.5) & (ph[:, 2] > 1.5)))
+
+
+def _surviving_tunnels_gudhi(values: np.ndarray) -> int:
+    """The same count with GUDHI's cubical persistence (top-dimensional cells = T-construction)."""
+    try:
+        import gudhi
+    except ImportError as exc:
+        raise TuneppError(
+            "betti matching of tunnels needs cripser or gudhi (pip install cripser); neither is installed"
+        ) from exc
+    cx = gudhi.CubicalComplex(top_dimensional_cells=values)
+    cx.persistence(homology_coeff_field=2, min_persistence=-1)
+    iv = cx.persistence_intervals_in_dimension(1)
+    if len(iv) == 0:
+        return 0
+    return int(np.sum((iv[:, 0] < 0.5) & (iv[:, 1] > 1.5)))
 
 
 def _match_components(p: np.ndarray, g: np.ndarray, c: np.ndarray) -> int:
