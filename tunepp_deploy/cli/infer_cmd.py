@@ -28,6 +28,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from tunepp_deploy.cli.errors import user_errors
 
 if TYPE_CHECKING:
+    from tunepp_deploy.infer.batch import BatchResult
+    from tunepp_deploy.infer.ray_batch import RayOptions
     from tunepp_deploy.predictors.settings import RunOptions
 
 #: Options only some methods have, with the methods that take them (the rest take everything else).
@@ -73,6 +75,26 @@ def _refuse_foreign_options(method: str, given: dict[str, bool]) -> None:
             raise TuneppError(f"{flag} applies to --method {' / '.join(METHOD_OPTIONS[flag])}, not {method}")
 
 
+def _ray_options(ray: bool, address: str | None, gpus: float | None, workers: int | None,
+                 input: Path) -> RayOptions | None:
+    """The Ray options, or ``None`` for a local run; one-line errors for Ray flags without ``--ray``, a single
+    scan with ``--ray``, or ``--ray`` without Ray installed (checked before any work)."""
+    from tunepp_deploy.errors import TuneppError
+
+    if not ray:
+        given = [f for f, v in (("--address", address), ("--gpus-per-worker", gpus), ("--workers", workers))
+                 if v is not None]
+        if given:
+            raise TuneppError(f"{', '.join(given)} only apply with --ray")
+        return None
+    from tunepp_deploy.infer.ray_batch import RayOptions, import_ray
+
+    if input.is_file():
+        raise TuneppError(f"{input}: --ray runs a folder of scans; run a single scan without --ray")
+    import_ray()
+    return RayOptions(address, gpus, workers)
+
+
 @user_errors
 def infer(
     input: Annotated[Path, typer.Option("--input", "-i", help=(
@@ -106,6 +128,14 @@ def infer(
         "--compile", help="torch.compile (inductor) the trunk and head (torch backend; first call compiles).")]
     = False,
     temperature: Annotated[bool, typer.Option(help="Apply the temperature stored by `calibrate temperature`.")] = True,
+    ray: Annotated[bool, typer.Option("--ray", help="Run a folder's cases on Ray actors, one model per actor "
+                                                    "([ray] extra; docs/ray.md).")] = False,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join (with --ray; default: start a local one).")]
+    = None,
+    gpus_per_worker: Annotated[float | None, typer.Option(
+        min=0.0, help="GPUs each Ray worker reserves (default 1 if the cluster has GPUs, else 0).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Ray workers (default: as many as the cluster's CPUs / GPUs hold, at most one per case).")] = None,
     num_parts: Annotated[int, typer.Option(help="Split a folder into N parts (job arrays, one part per GPU); "
                                                 "case i of the name-sorted list goes to part i % N.")] = 1,
     part_id: Annotated[int, typer.Option(help="The part this run computes, 0..N-1 (with --num-parts).")] = 0,
@@ -124,6 +154,7 @@ def infer(
     if blend not in ("auto", "sample", "window"):
         raise TuneppError(f"unknown --blend '{blend}' (use auto, sample or window)")
     check_part(num_parts, part_id)
+    ray_opts = _ray_options(ray, address, gpus_per_worker, workers, input)
     if not input.exists():
         raise TuneppError(f"{input}: file or folder not found")
     chosen = "saliency" if method == "saliency" else resolve_method(method, model)
@@ -170,7 +201,7 @@ def infer(
                            RunOptions(samples=samples, seed=seed, overlap=overlap, max_batch=max_batch,
                                       memory_gb=memory_gb, blend=blend, noise_draws=noise_draws),  # type: ignore[arg-type]
                            dict(threads=threads, amp=amp, cuda_graphs=cuda_graphs, temperature=temperature,
-                                compile=compile))
+                                compile=compile), ray_opts)
             except KeyboardInterrupt:
                 what = "SIGTERM" if got else "interrupted"
                 typer.secho(f"error: {what}: stopped; the case in progress was removed, finished cases are kept "
@@ -183,7 +214,7 @@ def infer(
 
 def _run_batch(input: Path | list[Path], out: Path, model: Path, method: str, backend: str, device: str,
                overwrite: bool, flag_threshold: float, names: list[str], series_uid: str | None, opts: RunOptions,
-               open_kw: dict[str, Any]) -> None:
+               open_kw: dict[str, Any], ray_opts: RayOptions | None = None) -> None:
     """Open the predictor and run every case (``input``: a scan, a folder or one part's scans), with progress
     bars; a folder run then writes the triage page ``OUT/index.html``; exit 1 if any case failed.
 
@@ -207,6 +238,22 @@ def _run_batch(input: Path | list[Path], out: Path, model: Path, method: str, ba
     def on_work(done: int, total: int) -> None:
         progress.update(tasks["work"], completed=done, total=total)
 
+    if ray_opts is not None:  # the same cases, lines and summary; the model is opened once per Ray actor
+        from tunepp_deploy.data.layout import list_images
+        from tunepp_deploy.infer.ray_batch import OpenSpec, run_ray
+
+        images = input if isinstance(input, list) else list_images(input, out)
+        tasks["cases"] = progress.add_task("cases", total=len(images))
+        progress.start()
+        try:
+            res = run_ray(images, out, OpenSpec(model, method, backend, device, opts, open_kw),
+                          CaseOptions(overwrite, flag_threshold, model=model, series_uid=series_uid), ray_opts,
+                          names, on_case,
+                          lambda line, p: console.print(f"[bold]{line}[/] on Ray: {p.workers} worker(s), each "
+                                                        f"{p.cpus:g} CPU(s), {p.gpus:g} GPU(s)", soft_wrap=True))
+        finally:
+            progress.stop()
+        return _summarise(res, input, out, console)
     with open_predictor(model, method, backend, device, opts, **open_kw) as predictor:
         if not overwrite:  # reports of another configuration: one line, before anything is printed
             refuse_other_runs(names, out, run_manifest(predictor, model, flag_threshold))
@@ -222,6 +269,11 @@ def _run_batch(input: Path | list[Path], out: Path, model: Path, method: str, ba
             res = run_paths(input, out, predictor, case_opts, on_case, on_work)
         finally:
             progress.stop()
+    _summarise(res, input, out, console)
+
+
+def _summarise(res: BatchResult, input: Path | list[Path], out: Path, console: Console) -> None:
+    """The summary line, the triage page of a folder run, and exit 1 if a case failed (local and Ray runs)."""
     busy = f" ({len(res.busy)} in progress elsewhere)" if res.busy else ""
     console.print(f"{len(res.done)} done, {len(res.skipped)} skipped{busy}, {len(res.failed)} failed -> "
                   f"[bold]{out}[/]", soft_wrap=True)
