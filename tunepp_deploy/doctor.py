@@ -1,7 +1,7 @@
 """``tunepp doctor``: what this machine can run, and for everything it cannot, why.
 
 Each check imports lazily and never raises: a missing optional package (CuPy, TensorRT,
-onnxruntime-gpu) is a normal state on a CPU laptop or CI runner and is reported with the reason and
+onnxruntime-gpu, OpenVINO) is a normal state on a CPU laptop or CI runner and is reported with the reason and
 what to install, so users do not have to decode ImportErrors when a backend is unavailable.
 """
 
@@ -83,6 +83,40 @@ def _onnx() -> list[Check]:
     return out
 
 
+def _openvino() -> list[Check]:
+    """OpenVINO (optional extra ``[openvino]``): version, CPU capabilities and the default precision it
+    would pick (bf16 on AVX512-BF16/AMX CPUs, which the runner overrides with an f32 pin), then what
+    ``--backend auto`` runs an ONNX file on here."""
+    from tunepp_deploy.infer.runners.openvino_runner import EXTRA_HINT, element_type_name
+
+    try:
+        import openvino as ov
+    except Exception as e:
+        checks = [Check("OpenVINO", False, f"not installed ({type(e).__name__}); {EXTRA_HINT}; "
+                                           "--backend openvino unavailable")]
+    else:
+        try:
+            core = ov.Core()
+            caps = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+            default = element_type_name(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))
+            detail = (f"{ov.__version__.split('-')[0]}, CPU capabilities {caps}, plugin default precision "
+                      f"{default} (tunepp pins f32 unless bf16 is asked)")
+            checks = [Check("OpenVINO", True, detail)]
+        except Exception as e:
+            checks = [Check("OpenVINO", False, f"{ov.__version__.split('-')[0]} imports but its CPU plugin fails "
+                                               f"({type(e).__name__})")]
+    try:
+        import torch
+
+        from tunepp_deploy.infer.runners.load import auto_backend
+
+        backend, reason = auto_backend("onnx", torch.device("cpu"))
+        checks.append(Check("--backend auto (ONNX, CPU)", True, f"{backend}: {reason}"))
+    except Exception as e:
+        checks.append(Check("--backend auto (ONNX, CPU)", False, f"cannot decide ({type(e).__name__})"))
+    return checks
+
+
 def _tensorrt() -> Check:
     try:
         import tensorrt as trt
@@ -108,6 +142,7 @@ def run_checks() -> list[Check]:
     checks += _torch()
     checks += [_cupy(), _numba_cuda()]
     checks += _onnx()
+    checks += _openvino()
     checks.append(_tensorrt())
     checks += _kernels()
     return checks
