@@ -303,6 +303,8 @@ def test_matching_matches_brute_force_homology(seed: int) -> None:
         assert bp.tolist() == bp_o == gudhi_betti(p), seed
         assert bg.tolist() == bg_o == gudhi_betti(g), seed
         assert matched.tolist() == m_o, (seed, bp_o, bg_o)
+        assert binary_betti_matching(g, p)[0].tolist() == m_o  # symmetric in pred and truth
+        assert (matched <= np.minimum(bp, bg)).all()  # so BM >= BE in every dimension
 
 
 @pytest.mark.parametrize("seed", range(3))
