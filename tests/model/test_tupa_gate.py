@@ -197,3 +197,21 @@ def test_supervised_weights_never_load_into_a_learned_network(tmp_path: Path) ->
     with pytest.raises(ModelMismatchError, match="do not fit"):
         load_weights(build_network(cfg), ckpt, "sup.pt")
 
+
+
+def test_recording_gates_reports_each_blocks_w_and_restores_forward() -> None:
+    """The experiment's recorder sees what forward_with_internals computes, and leaves the net as it was."""
+    from tunepp_deploy.experiments.tupa_gate import recording_gates
+
+    net = _supervised_net().eval()
+    x, _ = _batch()
+    with torch.no_grad():
+        ref = net(x).logits
+        with recording_gates(net) as store:
+            got = net(x).logits
+        block = net.decoder[0][0]
+        _, internals = block.forward_with_internals(net.up[0](net.encoder[1](net.down[0](net.encoder[0](
+            net.stem(net.full(x)))))) + net.encoder[0](net.stem(net.full(x))))
+    assert torch.equal(got, ref) and set(store) == {"encoder.0.0", "encoder.1.0", "decoder.0.0"}
+    assert torch.allclose(store["decoder.0.0"][0], internals.w_topology)
+    assert "forward" not in vars(block)  # the class's forward again
