@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -213,12 +213,23 @@ class SeedMaps:
     saliency_variance: Tensor
 
 
-def seed_maps(data: Data2d, seed: int, s: SaliencySettings, progress: Progress | None = None) -> SeedMaps:
-    """Split, train and run the one MC + Grad-CAM pass of ``seed`` (module doc)."""
+def train_seed_net(data: Data2d, seed: int, s: SaliencySettings, progress: Progress | None = None) -> UNet2d:
+    """The network :func:`seed_maps` trains for ``seed`` (its split, init and batches), on its own so
+    that several Grad-CAM set-ups can share one training (:mod:`.target_study`)."""
     test = split_groups(data.groups, seed, s.test_fraction)
     report = progress or (lambda *_: None)
-    net = train_unet2d(data.images[~test], data.labels[~test], data.num_classes, s.iters, seed, s.widths, s.batch,
-                       s.lr, on_iter=lambda i: report(seed, "train", i, s.iters))
+    return train_unet2d(data.images[~test], data.labels[~test], data.num_classes, s.iters, seed, s.widths, s.batch,
+                        s.lr, on_iter=lambda i: report(seed, "train", i, s.iters))
+
+
+def seed_maps(data: Data2d, seed: int, s: SaliencySettings, progress: Progress | None = None,
+              net: UNet2d | None = None) -> SeedMaps:
+    """Split, train (unless ``net``, which must be :func:`train_seed_net`'s for the same data, seed and
+    schedule) and run the one MC + Grad-CAM pass of ``seed`` (module doc)."""
+    test = split_groups(data.groups, seed, s.test_fraction)
+    report = progress or (lambda *_: None)
+    if net is None:
+        net = train_seed_net(data, seed, s, progress)
     masks = sample_masks(net.dropout_sites(), (1, 1, 1), s.samples, seed)
     fwd = unet2d_forward_sample(net, masks)
     x = torch.from_numpy(data.images[test])
@@ -479,16 +490,19 @@ def summarize(per_seed: list[dict[str, Any]], weights: Sequence[float]) -> dict[
     return out
 
 
-def run_saliency_experiment(data: Data2d, settings: SaliencySettings, progress: Progress | None = None
-                            ) -> dict[str, Any]:
-    """Every seed of ``settings`` on ``data``: per-seed scores, mean ± sd, verdict (module doc)."""
+def run_saliency_experiment(data: Data2d, settings: SaliencySettings, progress: Progress | None = None,
+                            nets: Mapping[int, UNet2d] | None = None) -> dict[str, Any]:
+    """Every seed of ``settings`` on ``data``: per-seed scores, mean ± sd, verdict (module doc).
+
+    ``nets``: already trained networks by seed (:func:`train_seed_net` with the same data and
+    schedule); a seed missing from it is trained here. Its ``seconds`` then exclude the training."""
     s = check_settings(settings)
     resolve_target(UNet2d(data.images.shape[1], data.num_classes, s.widths), s.target)  # fail before training
     t0 = time.perf_counter()
     per_seed = []
     for seed in s.seeds:
         t = time.perf_counter()
-        maps = seed_maps(data, seed, s, progress)
+        maps = seed_maps(data, seed, s, progress, None if nets is None else nets.get(seed))
         row = {"seed": seed, "train_images": int((~maps.test).sum()), "test_images": int(maps.test.sum()),
                "test_groups": len(np.unique(data.groups[maps.test]))}
         row |= score_maps(maps, s.weights, data.num_classes)
@@ -522,6 +536,7 @@ __all__ = [
     "seed_maps",
     "summarize",
     "t_ci95",
+    "train_seed_net",
     "train_unet2d",
     "tunepp_forward_sample",
     "unet2d_forward_sample",

@@ -41,9 +41,12 @@ def _num(x: float | None, digits: int = 4) -> str:
 
 
 def _ms(d: dict[str, Any]) -> str:
+    """``mean ± sd [± 95% t-interval half-width]`` (the interval only where the summary has one)."""
     if d["mean"] is None:
         return "–"
-    return _num(d["mean"]) + ("" if d["sd"] is None else f" ± {_num(d['sd'])}")
+    ci = d.get("ci95")
+    return (_num(d["mean"]) + ("" if d["sd"] is None else f" ± {_num(d['sd'])}")
+            + ("" if ci is None else f" [± {_num(ci)}]"))
 
 
 def _map_name(key: str, noise: bool = False) -> str:
@@ -86,6 +89,9 @@ def render_markdown(body: dict[str, Any]) -> str:
              f"- schedule: {s['iters']} iterations (batch {s['batch']}, lr {s['lr']}, widths {list(s['widths'])}), "
              f"S = {s['samples']} MC samples, test fraction {s['test_fraction']:.3g} of the cases/images per seed, "
              f"seeds {', '.join(map(str, s['seeds']))}",
+             f"- **Grad-CAM**: target '{body.get('target', 'bottleneck')}', "
+             + ("one map per foreground class, V_sal = sum over classes" if body.get("per_class")
+                else "one map of the summed foreground score"),
              f"- **fg-ECE pixels**: {body['ece_pixels']}; the map read as confidence 1 - norm(U), 15 bins",
              "- **AUROC**: pixel error (argmax != label) vs U over all test pixels; **fg-AUROC**: over the fg-ECE "
              "pixels",
@@ -102,7 +108,7 @@ def render_markdown(body: dict[str, Any]) -> str:
              "w fixed in advance would get. The matched-w lines stay as detail",
              f"- {body['seconds'] / 60:.1f} min", "", "## Verdict (computed from the per-seed rows below)", ""]
     lines += [f"- {v}" for v in body["verdict"]]
-    lines += ["", "## Uncertainty maps, mean ± sd over seeds", "",
+    lines += ["", "## Uncertainty maps, mean ± sd [± 95% t-interval half-width] over seeds", "",
               "| map | w | " + " | ".join(_NAMES.values()) + " |", "|---|---|---|---|---|"]
     for key, d in summ["weights"].items():
         lines.append(f"| {_map_name(key)} | {key} | " + " | ".join(_ms(d[m]) for m in _NAMES) + " |")
