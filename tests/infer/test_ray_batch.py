@@ -11,7 +11,10 @@ locally and ~4 times on Ray; about a minute on a loaded 2-core machine.
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -32,8 +35,10 @@ CRASH = "crash9"  # the Ray worker computing it dies right after writing its sec
 def _worker_setup() -> None:
     """Every Ray worker of this module's cluster: oneDNN off (as in the local run, see ``no_onednn``), and
     while a file ``crash-once`` is next to the output folder, the worker writing case ``crash9``'s second
-    NIfTI removes it and dies (``os._exit``: no cleanup of its own, like a process killed for memory)."""
+    NIfTI removes it and dies (``os._exit``: no cleanup of its own, like a process killed for memory); the
+    worker writing case ``hang7``'s first NIfTI then sleeps (a run stopped mid-case)."""
     import os
+    import time
     from pathlib import Path
 
     import torch
@@ -45,6 +50,8 @@ def _worker_setup() -> None:
 
     def save_then_maybe_die(*args, **kw):  # save_volume's own arguments, passed on
         path = real(*args, **kw)
+        if Path(path).name == "hang7_seg.nii.gz":  # mid-case, one output written: until the run is stopped
+            time.sleep(300)
         once = Path(path).parent.parent / "crash-once"
         if Path(path).name == "crash9_aleatoric.nii.gz" and once.exists():
             once.unlink()
@@ -170,6 +177,34 @@ def test_ray_run_equals_local_run_isolates_failures_resumes(ray_cluster, tmp_pat
     res = infer(inp, on_ray, model, "--ray", "--workers", "1", "--seed", "1")
     assert res.exit_code == 2
     assert_one_line_error(stderr_of(res), "another configuration", "seed 0 -> 1", "--overwrite")
+
+
+def test_sigterm_stops_a_ray_run_like_a_local_one(ray_cluster, tmp_path: Path) -> None:
+    """SIGTERM while a worker is mid-case: exit 143 with the local run's line, the finished case kept, the
+    stopped one leaves no output, temporary or lock (the worker is killed, the driver cleans up under the
+    case's lock)."""
+    model = make_model(tmp_path / "model")
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_scans(inp, ["a1", "hang7"])
+    partial, seen = out / "hang7_seg.nii.gz", []
+
+    def stop_when_partial() -> None:
+        end = time.monotonic() + 240
+        while time.monotonic() < end and not partial.exists():
+            time.sleep(0.2)
+        seen.append(partial.exists())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=stop_when_partial, daemon=True)
+    killer.start()
+    res = infer(inp, out, model, "--ray", "--workers", "1")
+    killer.join()
+    err = stderr_of(res)
+    assert seen == [True], "the worker never reached the middle of case hang7"
+    assert res.exit_code == 143, err
+    assert "error: SIGTERM: stopped" in err
+    assert (out / "a1_report.json").is_file()
+    assert not list(out.glob("hang7*")) and leftovers(out) == [], sorted(p.name for p in out.iterdir())
 
 
 def test_without_ray_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

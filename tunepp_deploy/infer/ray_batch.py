@@ -19,9 +19,9 @@ Why plain actors and ``ActorPool`` rather than Ray Data ``map_batches`` (docs/ra
   operators, so Ray Data's blocks, Arrow conversion and backpressure buy nothing, and its retry of a
   task whose worker died would recompute a case that may kill every worker it lands on (out of memory);
 * a dead worker must fail exactly the case it was computing. ``ActorPool`` drops a dead actor from its
-  idle set (Ray >= 2.9), the error names the actor, and the driver starts a replacement (at most
-  :data:`REPLACEMENTS_PER_WORKER` per worker) so one poisonous case does not take a worker slot away
-  for the rest of the folder.
+  idle set (Ray 2.60, the version tested), the error names the actor, and the driver starts a
+  replacement (at most :data:`REPLACEMENTS_PER_WORKER` per worker) so one poisonous case does not take a
+  worker slot away for the rest of the folder.
 
 Failure isolation adds one case the local loop does not have: a worker process that dies mid-case
 (killed for memory, a segfault in a backend) cannot remove its own partial files. The driver then
@@ -38,6 +38,8 @@ lock support).
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -60,6 +62,8 @@ REPLACEMENTS_PER_WORKER = 2
 #: Seconds the driver waits for a dead worker's case lock to become free before leaving the cleanup
 #: of its partial files to the next run (which removes them under the lock anyway).
 LOCK_WAIT_S = 10.0
+#: Seconds between the driver's checks for a finished case (it handles signals between them).
+POLL_S = 1.0
 
 
 def import_ray() -> Any:
@@ -237,12 +241,17 @@ def _connect(ray: Any, address: str | None) -> bool:
     (and so must shut it down). An already initialised Ray (embedded use, tests) is used as it is."""
     if ray.is_initialized():
         return False
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
                  configure_logging=True, log_to_driver=True)
     except Exception as e:  # ConnectionError, ValueError for a bad address, RuntimeError from the raylet
         where = f"--address {address}" if address else "a local Ray instance"
         raise TuneppError(f"{where}: cannot start or join Ray ({_first_line(e)})") from None
+    finally:
+        if main and sigterm is not None:  # ray.init installs sys.exit on SIGTERM: keep the caller's handler
+            signal.signal(signal.SIGTERM, sigterm)  # (the CLI's: SIGTERM = Ctrl-C, cleanup, exit 143)
     return True
 
 
@@ -327,8 +336,10 @@ def run_ray(
 
         give_out()
         while pool.has_next():
-            try:
-                who, events = pool.get_next_unordered()
+            try:  # a short timeout keeps the driver responsive to Ctrl-C / SIGTERM while a long case runs
+                who, events = pool.get_next_unordered(timeout=POLL_S)
+            except TimeoutError:
+                continue
             except RayActorError as e:  # the worker died (or became unreachable) while computing one case
                 image = inflight.pop(str(e.actor_id), None)
                 if image is None:
