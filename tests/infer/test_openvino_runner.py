@@ -191,6 +191,38 @@ def test_refuses_a_graph_without_the_mask_inputs(tmp_path: Path, onnx_file: Path
         assert "graph inputs ['x']" in msg and "mask_dec1" in msg
 
 
+def _reshape_graph(meta, out: Path) -> Path:
+    """The contract's inputs and outputs around a ``Reshape`` to ``[-1, 3, *window]``: it opens like an
+    export and fails inside the backend on a one-window call (as ``tests/reliability/corpus.contract_graph``)."""
+    from onnx import TensorProto, helper
+
+    win = list(meta.window)
+    vi = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)  # noqa: E731
+    inputs = [vi("x", ["B", meta.in_channels, *win])]
+    inputs += [vi(n, ["R", *s.mask_shape(meta.window, 1)[1:]]) for n, s in zip(meta.mask_names, meta.sites,
+                                                                               strict=True)]
+    shape = helper.make_tensor("shape", TensorProto.INT64, [5], [-1, 3, *win])
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["logits"]), helper.make_node("Identity", ["x"], ["log_var"])]
+    graph = helper.make_graph(nodes, "g", inputs, [vi("logits", ["R", "K", *win]), vi("log_var", ["R", 1, *win])],
+                              initializer=[shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    helper.set_model_props(model, meta.to_props())
+    onnx.save(model, str(out))
+    return out
+
+
+@needs_ov
+def test_backend_error_during_a_call_is_one_line_runtime_error(tmp_path: Path, onnx_file: Path) -> None:
+    _, meta = read_onnx_meta(onnx_file)
+    with open_runner(_reshape_graph(meta, tmp_path / "m.onnx"), backend="openvino", device="cpu") as r:
+        x = torch.zeros(1, meta.in_channels, *meta.window)
+        with pytest.raises(RuntimeError) as e:
+            r(x, [torch.ones(s.mask_shape(meta.window, 1)) for s in meta.sites])
+    msg = _one_line(e)
+    assert msg.startswith("OpenVINO:") and "divide" in msg  # OpenVINO's sentence, not its C++ location
+
+
 @needs_ov
 def test_threads_honoured_and_shapes_static_and_cached(onnx_file: Path) -> None:
     for n in (1, 2):

@@ -67,6 +67,18 @@ def openvino_version() -> str | None:
     return str(openvino.__version__).split("-")[0]
 
 
+def ov_message(e: BaseException) -> str:
+    """The human part of an OpenVINO exception, one line of at most 200 characters.
+
+    OpenVINO's messages are stacks of C++ locations (``Exception from src/...cpp:105:``, ``Check '...'
+    failed at ...``, ``While validating node ...``) with the sentence that says what is wrong last;
+    :func:`~tunepp_deploy.infer.runners.graph.one_line` would keep only the first location.
+    """
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    said = [ln for ln in lines if not ln.startswith(("Exception from ", "Check '", "While validating "))]
+    return (said[-1] if said else one_line(e))[:200]
+
+
 def normalise_precision(precision: str) -> str:
     """``fp32`` / ``f32`` -> ``fp32``, ``bf16``, ``int8``; anything else is a one-line error."""
     p = {"f32": "fp32"}.get(precision.lower(), precision.lower())
@@ -152,7 +164,7 @@ class OpenVinoRunner(Runner):
         try:
             self.model = self.core.read_model(model)
         except Exception as e:  # OpenVINO raises RuntimeError subclasses with multi-line C++ messages
-            raise TuneppError(f"OpenVINO cannot read {self.where}: {one_line(e)}") from None
+            raise TuneppError(f"OpenVINO cannot read {self.where}: {ov_message(e)}") from None
         check_model_io(self.model, meta, self.where)
         if self.precision == "int8" and not has_quantization(self.model):
             raise TuneppError(f"{self.where}: int8 needs a Q/DQ-quantized ONNX graph; this one has no quantization "
@@ -186,8 +198,8 @@ class OpenVinoRunner(Runner):
             graph.reshape(shapes)
             compiled = self.core.compile_model(graph, "CPU", self.config())
         except Exception as e:
-            raise RuntimeError(f"OpenVINO cannot compile {self.where} for {windows} windows x {rows} rows: "
-                               f"{one_line(e)}") from None
+            raise RuntimeError(f"OpenVINO: cannot compile the graph for {windows} windows x {rows} rows: "
+                               f"{ov_message(e)}") from None
         got = element_type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
         if got != _HINTS[self.precision]:
             raise TuneppError(f"OpenVINO compiled {self.where} at {got}, not the requested {_HINTS[self.precision]}")
@@ -220,7 +232,7 @@ class OpenVinoRunner(Runner):
             # next call on the same shape overwrites while the engine may still hold this call's tensors
             result = request.infer(feed, share_inputs=True, share_outputs=False)
         except Exception as e:
-            raise RuntimeError(f"OpenVINO: {one_line(e)}") from None
+            raise RuntimeError(f"OpenVINO: {ov_message(e)}") from None
         logits, log_var = (torch.from_numpy(np.asarray(result[compiled.output(n)])) for n in OUTPUT_NAMES)
         return logits, log_var
 
@@ -230,4 +242,4 @@ class OpenVinoRunner(Runner):
 
 
 __all__ = ["EXTRA_HINT", "MAX_COMPILED", "PRECISIONS", "OpenVinoRunner", "check_model_io", "element_type_name",
-           "has_quantization", "import_openvino", "normalise_precision", "openvino_version"]
+           "has_quantization", "import_openvino", "normalise_precision", "openvino_version", "ov_message"]
