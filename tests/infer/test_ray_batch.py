@@ -229,7 +229,6 @@ def test_ray_flags_without_ray(tmp_path: Path, args: list[str], needle: str) -> 
 
 
 def test_single_scan_with_ray_is_refused(tmp_path: Path) -> None:
-    pytest.importorskip("ray", reason="Ray is not installed (pip install 'tunepp-deploy[ray]')")
     scan = write_scans(tmp_path / "in", ["a"])[0]
     res = infer(scan, tmp_path / "out", tmp_path / "model.pt", "--ray")
     assert res.exit_code == 2
