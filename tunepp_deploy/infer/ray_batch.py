@@ -342,8 +342,9 @@ def run_ray(
                 continue
             except RayActorError as e:  # the worker died (or became unreachable) while computing one case
                 image = inflight.pop(str(e.actor_id), None)
-                if image is None:
-                    raise
+                if image is None:  # not attributable to a case: stop cleanly (finished cases are kept)
+                    raise TuneppError(f"a Ray worker failed outside a known case ({_first_line(e)}); "
+                                      "rerun to resume") from None
                 name = case_name(image)
                 kept = discard_partial(out_dir, name, files_of(name), manifest)
                 left = "its partial outputs were removed" if kept else "rerun to clean up"
