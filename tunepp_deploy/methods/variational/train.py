@@ -1,14 +1,19 @@
 """Train a variational network on preprocessed cases with the ELBO; save and load it safely.
 
 Optimiser as in the seed's code (Adam, learning rate halved in steps; the seed uses 1e-3 halved
-every 50 epochs), with two defaults changed for short CPU schedules and measured on the phantoms
+every 50 epochs), with defaults changed for short CPU schedules and measured on the phantoms
 (250 iterations, 32 training cases, validation Dice on 4 held-out cases): lr 3e-3 halved once
 half-way, and the posterior started narrower (``log sigma^2 = -10``, see
 :attr:`VariationalSettings.log_var_init`); the seed's values are options away (``--lr 1e-3
---log-var-init -5 --decay-every N``). Crops come from :class:`tunepp_deploy.data.dataset.CropDataset`
-with the config's crop size and augmentation, so every method in a comparison sees the same batches.
-Checkpoints are plain dicts (``torch.load(weights_only=True)``) carrying the config, so inference
-preprocesses a new scan exactly like training did.
+--log-var-init -5 --decay-every N``). The ``log sigma^2`` parameters get their own, 10x larger Adam
+learning rate (:attr:`VariationalSettings.log_var_lr_scale`), without which the posterior width
+never left the neighbourhood of its initial value in a short schedule (the ELBO and the study:
+:mod:`.elbo`, docs/results/variational_posterior.md). Crops come from
+:class:`tunepp_deploy.data.dataset.CropDataset` with the config's crop size and augmentation, so
+every method in a comparison sees the same batches. Checkpoints are plain dicts
+(``torch.load(weights_only=True)``) carrying the config, so inference preprocesses a new scan exactly
+like training did; checkpoints from before the ``objective`` / ``kl_warmup`` / ``log_var_lr_scale``
+settings load unchanged (only ``arch`` and ``widths`` are needed to rebuild the network).
 
 :func:`train_variational_from_paths` is ``tunepp train-vi``: the training split of a dataset folder
 (the seeded split ``tunepp train`` and ``tunepp compare`` use, so the held-out cases are the same),
@@ -35,7 +40,7 @@ from tunepp_deploy.data.nifti import write_atomic
 from tunepp_deploy.errors import ConfigError, DataError, ModelMismatchError, TuneppError
 from tunepp_deploy.methods.variational.base import BayesianSegNet
 from tunepp_deploy.methods.variational.build import ARCHS, DEFAULT_WIDTHS, build_variational
-from tunepp_deploy.methods.variational.elbo import KLScale, elbo_loss
+from tunepp_deploy.methods.variational.elbo import OBJECTIVES, KLScale, Objective, elbo_loss, kl_warmup_weight
 from tunepp_deploy.methods.variational.validate import validation_dice
 from tunepp_deploy.train.checkpoint import read_method_checkpoint
 
@@ -58,6 +63,19 @@ class VariationalSettings:
     #: Halve the learning rate every this many iterations; 0 = once, half-way through ``iters``.
     decay_every: int = 0
     kl_scale: KLScale = "voxel"
+    #: Data term of the ELBO: ``"dice"`` (``0.01 CE + 0.99 Dice``, the seed's) or ``"nll"`` (the
+    #: categorical likelihood of Bayes by Backprop; did not segment in short schedules), see :mod:`.elbo`.
+    objective: Objective = "dice"
+    #: KL warm-up: the KL weight rises linearly from 0 to 1 over this fraction of ``iters``.
+    kl_warmup: float = 0.0
+    #: Adam's learning rate of the ``log sigma^2`` parameters is ``lr`` times this. Adam moves a
+    #: parameter by at most ~lr per step whatever the gradient, and the KL's pull dominates the
+    #: gradient of ``log sigma^2`` from the start, so with one lr for all parameters ``log sigma^2``
+    #: only travels ~0.75 lr iters (0.9 in 400 steps at 3e-3): the width was set by ``log_var_init``
+    #: and the schedule. 10 lets the data term hold the layers that matter narrow while the rest widen
+    #: 7x in 200 steps for a Dice cost within seed noise; 30 reaches the prior in the unneeded layers but
+    #: cost Dice (docs/results/variational_posterior.md); 1 is the behaviour before.
+    log_var_lr_scale: float = 10.0
     seed: int = 0
     #: Initial ``log sigma^2`` of every weight. The seed's code starts at -5 (sigma 0.082), i.e.
     #: four times the std of the initial means (0.02): the weight noise swamps the signal and on
@@ -77,20 +95,28 @@ def train_variational(
     cfg: TuneppConfig, cases: list[LoadedCase], settings: VariationalSettings, progress: TrainProgress | None = None
 ) -> VariationalRun:
     """Fit ``settings.arch`` on random crops of ``cases`` for ``settings.iters`` Adam steps (CPU)."""
+    _check_settings(settings)
     torch.manual_seed(settings.seed)
     net = build_variational(settings.arch, cfg.model.in_channels, cfg.data.num_classes, settings.widths)
     net.check_window(cfg.data.crop_size)
     net.init_log_var(settings.log_var_init)
     ds = CropDataset(cases, cfg.data, length=settings.iters * settings.batch, seed=settings.seed)
     loader = DataLoader(ds, batch_size=settings.batch, shuffle=False, num_workers=0)
-    opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    log_vars = [m.weight_log_var for m in net.bayes_layers()]
+    lv_ids = {id(p) for p in log_vars}
+    others = [p for p in net.parameters() if id(p) not in lv_ids]
+    opt = torch.optim.Adam([{"params": others, "lr": settings.lr},
+                            {"params": log_vars, "lr": settings.lr * settings.log_var_lr_scale}])
+    warmup = round(settings.kl_warmup * settings.iters)
     step = max(1, settings.decay_every or settings.iters // 2)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=0.5)
     voxels = int(np.mean([c.label.size for c in cases]))
     history = []
     net.train()
     for x, y, _ in loader:
-        loss, parts = elbo_loss(net(x), y, net.kl(), len(cases), settings.batch, voxels, settings.kl_scale)
+        beta = kl_warmup_weight(len(history) + 1, warmup)
+        loss, parts = elbo_loss(net(x), y, net.kl(), len(cases), settings.batch, voxels, settings.kl_scale,
+                                settings.objective, beta)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -100,6 +126,15 @@ def train_variational(
             progress(len(history), history[-1])
     net.eval()
     return VariationalRun(net, settings, history)
+
+
+def _check_settings(s: VariationalSettings) -> None:
+    if s.objective not in OBJECTIVES:
+        raise ConfigError(f"unknown variational objective {s.objective!r} (use {' or '.join(OBJECTIVES)})")
+    if not 0.0 <= s.kl_warmup <= 1.0:
+        raise ConfigError(f"kl_warmup must be a fraction of the iterations in [0, 1], got {s.kl_warmup}")
+    if not s.log_var_lr_scale > 0.0:
+        raise ConfigError(f"log_var_lr_scale must be > 0, got {s.log_var_lr_scale}")
 
 
 def save_variational(path: str | Path, run: VariationalRun, cfg: TuneppConfig, **extra: Any) -> Path:
