@@ -263,3 +263,29 @@ def test_doctor_lists_openvino_with_version() -> None:
     checks = {c.name: c for c in run_checks()}
     assert checks["OpenVINO"].ok and ov.__version__.split("-")[0] in checks["OpenVINO"].detail
     assert checks["--backend auto (ONNX, CPU)"].detail.startswith("openvino")
+
+
+@needs_ov
+def test_cli_auto_says_openvino_and_matches_ort(tmp_path: Path, onnx_file: Path, scan: Path) -> None:
+    import json
+
+    import nibabel as nib
+    from typer.testing import CliRunner
+
+    from tunepp_deploy.cli.app import app
+
+    outs, said = {}, {}
+    for backend in ("auto", "ort"):
+        res = CliRunner().invoke(app, ["infer", "-i", str(scan), "-o", str(tmp_path / backend), "--model",
+                                       str(onnx_file), "--samples", "2", "--device", "cpu", "--backend", backend])
+        assert res.exit_code == 0, res.output
+        outs[backend], said[backend] = tmp_path / backend, " ".join(res.output.split())  # rich may wrap lines
+    assert "--backend auto: openvino" in said["auto"] and "--backend auto" not in said["ort"]
+    assert "openvino on cpu" in said["auto"]
+    report = json.loads((outs["auto"] / "case_a_report.json").read_text())
+    assert report["backend"] == "openvino"
+    seg = [nib.load(str(o / "case_a_seg.nii.gz")).get_fdata() for o in outs.values()]
+    print(f"CLI: labels differing openvino vs ort: {int((seg[0] != seg[1]).sum())} of {seg[0].size}")
+    for kind in ("aleatoric", "epistemic", "total"):
+        a, b = (nib.load(str(o / f"case_a_{kind}.nii.gz")).get_fdata() for o in outs.values())
+        assert np.abs(a - b).max() <= MAP_TOL, kind

@@ -107,7 +107,9 @@ def infer(
     samples: Annotated[int | None, typer.Option(min=1, help="MC samples S (default: the model's config, 25).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the dropout masks / weight noise (default: the config's).")]
     = None,
-    backend: Annotated[str, typer.Option(help="auto, torch, ort or trt (auto follows the model file).")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto, torch, ort, openvino ([openvino] extra) or trt (auto follows "
+                                              "the model file; an ONNX file on a CPU: OpenVINO when installed).")]
+    = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     overlap: Annotated[float | None, typer.Option(min=0.0, max=0.95, help="Window overlap (default 0.5).")] = None,
     max_batch: Annotated[int | None, typer.Option(min=1, help="Most windows per runner call.")] = None,
@@ -260,6 +262,10 @@ def _run_batch(input: Path | list[Path], out: Path, model: Path, method: str, ba
         d = predictor.describe()
         extra = "".join(f", {k}={d[k]}" for k in ("samples", "seed") if k in d)
         console.print(f"[bold]{predictor.describe_runner()}[/] ({predictor.method}{extra}), window={predictor.window}")
+        if backend == "auto" and method == "tunepp":  # say which backend auto picked, and why
+            from tunepp_deploy.infer.runners.load import describe_auto
+
+            console.print(describe_auto(model, device), soft_wrap=True, markup=False)
         progress.start()
         try:
             total = len(input) if isinstance(input, list) else len(names)
