@@ -219,3 +219,14 @@ def test_checkpoint_of_another_method_is_refused(tmp_path) -> None:
     torch.save({"method": "segwithu"}, p)
     with pytest.raises(TuneppError, match="not a variational-method checkpoint"):
         load_variational(p)
+
+
+def test_study_gradient_probe_kl_part_is_the_closed_form(tiny_cfg, tiny_cases) -> None:
+    """:func:`log_var_gradients`' KL part is ``|d/d lv 0.5 (-1 - lv + mu^2 + e^lv)| / (N V) = 0.5 (1 - e^lv) / (N V)``
+    for every weight, whatever the data; its data part is positive."""
+    from tunepp_deploy.methods.variational.experiment import log_var_gradients
+
+    g = log_var_gradients(tiny_cfg, tiny_cases, "nll", widths=(4, 8), log_var_init=-3.0, batch=1)
+    nv = len(tiny_cases) * tiny_cases[0].label.size
+    assert g["kl"] == pytest.approx(0.5 * (1 - math.exp(-3.0)) / nv, rel=1e-5)
+    assert g["data"] > 0 and g["ratio_kl_to_data"] == pytest.approx(g["kl"] / g["data"])

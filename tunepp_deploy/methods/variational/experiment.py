@@ -8,7 +8,10 @@ training and ``[12, i]`` for validation; the run seed sets initialisation and cr
 * the posterior widths (:func:`~.posterior.sigma_summary`: sigma mean / median / 5-95 % per layer),
 * validation Dice of the posterior mean (:func:`~.validate.validation_dice`) and the S-sample
   uncertainty scores (:func:`~.validate.validation_uncertainty`),
-* the training time (wall and process CPU seconds, with the torch thread count).
+* the training time (wall and process CPU seconds, with the torch thread count);
+
+and once, :func:`log_var_gradients`: how large the data term's and the KL's gradients on
+``log sigma^2`` are at the start of training.
 
 :func:`summarise` gives mean and a 95 % t-interval over seeds per variant. Run as
 ``python -m tunepp_deploy.methods.variational.experiment --out results.json`` (CPU; the defaults are
@@ -32,10 +35,12 @@ from scipy import stats
 
 from tunepp_deploy.config.load import load_config
 from tunepp_deploy.config.schema import TuneppConfig
-from tunepp_deploy.data.dataset import LoadedCase
+from tunepp_deploy.data.dataset import CropDataset, LoadedCase
 from tunepp_deploy.data.phantom import generate_case
 from tunepp_deploy.data.preprocess import normalize_intensity
 from tunepp_deploy.errors import TuneppError
+from tunepp_deploy.methods.variational.build import build_variational
+from tunepp_deploy.methods.variational.elbo import elbo_loss
 from tunepp_deploy.methods.variational.posterior import sigma_summary
 from tunepp_deploy.methods.variational.train import VariationalSettings, train_variational
 from tunepp_deploy.methods.variational.validate import validation_dice, validation_uncertainty
@@ -72,6 +77,28 @@ def run_one(cfg: TuneppConfig, train: list[LoadedCase], val: list[LoadedCase], s
     res.update(validation_dice(run.net, cfg, val))
     res.update(validation_uncertainty(run.net, cfg, val, samples=samples, seed=settings.seed))
     return res
+
+
+def log_var_gradients(cfg: TuneppConfig, cases: list[LoadedCase], objective: str, widths: Sequence[int] = (8, 16, 32),
+                      log_var_init: float = -10.0, seed: int = 0, batch: int = 2) -> dict[str, float]:
+    """Mean ``|d/d log sigma^2|`` per weight of the data term alone and of the KL term alone, at the
+    start of training (one minibatch of ``batch`` crops, same local-reparameterisation noise): which
+    of the two drives the posterior width."""
+    torch.manual_seed(seed)
+    net = build_variational("unet", cfg.model.in_channels, cfg.data.num_classes, widths).train()
+    net.init_log_var(log_var_init)
+    ds = CropDataset(cases, cfg.data, length=batch, seed=seed)
+    items = [ds[i] for i in range(batch)]
+    x = torch.stack([torch.as_tensor(it[0]) for it in items])
+    y = torch.stack([torch.as_tensor(it[1]) for it in items])
+    lvs = [m.weight_log_var for m in net.bayes_layers()]
+    voxels = int(np.mean([c.label.size for c in cases]))
+    zero = torch.zeros(())
+    data, _ = elbo_loss(net(x), y, zero, len(cases), batch, voxels, "voxel", objective)  # type: ignore[arg-type]
+    g_data = torch.cat([g.flatten() for g in torch.autograd.grad(data, lvs)])
+    g_kl = torch.cat([g.flatten() for g in torch.autograd.grad(net.kl() / float(len(cases) * voxels), lvs)])
+    return {"data": float(g_data.abs().mean()), "kl": float(g_kl.abs().mean()),
+            "ratio_kl_to_data": float(g_kl.abs().mean() / g_data.abs().mean())}
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float]:
@@ -113,7 +140,9 @@ def run_experiment(
         raise TuneppError("need >= 1 seed, iteration, training and validation case")
     cfg = load_config(CONFIG, OVERRIDES)
     train, val = phantom_cases(cfg, n_train, 11), phantom_cases(cfg, n_val, 12)
-    setup = {"shape": SHAPE, "spacing": SPACING, "overrides": OVERRIDES, "n_train": n_train, "n_val": n_val,
+    grads = {o: log_var_gradients(cfg, train, o, widths) for o in ("dice", "nll")}
+    setup = {"log_var_gradients_at_init": grads,
+             "shape": SHAPE, "spacing": SPACING, "overrides": OVERRIDES, "n_train": n_train, "n_val": n_val,
              "iters": iters, "seeds": list(seeds), "samples": samples, "widths": list(widths)}
     runs: dict[str, list[dict[str, Any]]] = {}
     for name, over in variants.items():
@@ -144,5 +173,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["OVERRIDES", "SCORES", "VARIANTS", "mean_ci", "phantom_cases", "run_experiment", "run_one",
-           "summarise"]
+__all__ = ["OVERRIDES", "SCORES", "VARIANTS", "log_var_gradients", "mean_ci", "phantom_cases", "run_experiment",
+           "run_one", "summarise"]
