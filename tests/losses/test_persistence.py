@@ -12,7 +12,7 @@ import torch
 from tunepp_deploy.kernels import betti_error, betti_numbers
 
 from tunepp_deploy.errors import TuneppError
-from tunepp_deploy.losses.persistence import persistence_loss, superlevel_persistence
+from tunepp_deploy.losses.persistence import floored_persistence, persistence_loss, superlevel_persistence
 
 
 def _gudhi_superlevel(p: np.ndarray) -> dict[int, np.ndarray]:
@@ -45,6 +45,48 @@ def test_pairs_equal_gudhi_and_coordinates_hold_the_values(seed: int) -> None:
     assert np.array_equal(p.ravel()[pairs.birth_idx], pairs.birth)
     assert np.array_equal(p.ravel()[pairs.death_idx], pairs.death)
     assert (pairs.birth >= pairs.death).all()
+    assert pairs.essential.sum() == 1 and pairs.birth[pairs.essential][0] == p.max()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_floored_pairs_are_gudhis_clamped_and_located_on_p(seed: int) -> None:
+    """max(p, floor) is a monotone change of values: GUDHI's pairs of p with both ends clamped, the
+    empty ones dropped — although ours come from a crop to the box of {p > floor}."""
+    rng = np.random.default_rng(200 + seed)
+    p = rng.random((9, 8, 7)) ** 3  # most voxels near 0, like a trained map's background
+    p[: 2 + seed % 3] = 0.0  # the box of {p > floor} is smaller than the volume
+    floor = [0.05, 0.2, 0.5][seed % 3]
+    pairs = floored_persistence(p, floor)
+    want = _gudhi_superlevel(p)
+    for k in range(3):
+        clamped = np.maximum(want[k], floor)
+        clamped = np.array(sorted(map(tuple, clamped[clamped[:, 0] > clamped[:, 1]]))).reshape(-1, 2)
+        sel = pairs.dim == k
+        got = np.maximum(np.stack([pairs.birth[sel], pairs.death[sel]], 1), floor)
+        got = np.array(sorted(map(tuple, got[(got[:, 0] > got[:, 1]) | pairs.essential[sel]]))).reshape(-1, 2)
+        if k == 0:  # the essential class keeps its true death min(p) < floor
+            clamped[np.argmax(clamped[:, 0])] = (p.max(), floor)
+        assert np.allclose(got, clamped), (k, got, clamped)
+    assert np.array_equal(p.ravel()[pairs.birth_idx], pairs.birth)
+    assert np.array_equal(p.ravel()[pairs.death_idx], pairs.death)
+    ess = pairs.essential
+    assert ess.sum() == 1 and pairs.birth_idx[ess][0] == np.argmax(p) and pairs.death_idx[ess][0] == np.argmin(p)
+
+
+def test_floor_keeps_the_loss_and_a_missing_organ_still_pulls() -> None:
+    torch.manual_seed(3)
+    lab = _scene()
+    z = _confident(lab, 4, scale=4.0) + 1.5 * torch.randn(1, 4, 16, 16, 8)
+    exact = persistence_loss(z, lab, floor=0.0).item()
+    assert persistence_loss(z, lab, floor=1e-3).item() == pytest.approx(exact, abs=0.01 + 0.01 * exact)
+    # Class 2 predicted nowhere (p ~ 1e-9 < floor everywhere): the essential class still pushes its max up.
+    z = _confident(lab, 4, scale=10.0)
+    z[:, 2] = -10.0
+    z.requires_grad_(True)
+    loss = persistence_loss(z, lab, classes=[2])
+    assert loss.item() == pytest.approx(1.0 + 1.0, abs=1e-3)  # b0 and b1 of the ring missing
+    (grad,) = torch.autograd.grad(loss, z)
+    assert grad[0, 2].min() < 0  # descent raises class 2's logit somewhere
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -179,9 +221,9 @@ def test_threads_and_downsample() -> None:
     torch.manual_seed(2)
     lab = _scene()
     z = torch.randn(1, 4, 16, 16, 8, requires_grad=True)
-    one = persistence_loss(z, lab)
+    one = persistence_loss(z, lab, floor=0.0)
     (g_one,) = torch.autograd.grad(one, z)
-    two = persistence_loss(z, lab, workers=3)
+    two = persistence_loss(z, lab, workers=3, floor=0.0)
     (g_two,) = torch.autograd.grad(two, z)
     assert one.item() == two.item() and torch.equal(g_one, g_two)
     pooled = torch.nn.functional.max_pool3d(torch.softmax(z.detach(), 1), 2)
@@ -194,7 +236,8 @@ def test_threads_and_downsample() -> None:
             pers = np.sort((pairs.birth - pairs.death)[pairs.dim == k])[::-1]
             total += ((1 - pers[: prior[k]]) ** 2).sum() + (pers[prior[k] :] ** 2).sum() + max(prior[k] - len(pers), 0)
         want.append(total)
-    assert persistence_loss(z, lab, downsample=2).item() == pytest.approx(np.mean(want), rel=1e-5)
+    assert persistence_loss(z, lab, downsample=2, floor=0.0).item() == pytest.approx(np.mean(want), rel=1e-5)
+    assert persistence_loss(z, lab, workers=3).item() == persistence_loss(z, lab).item()
 
 
 def test_bad_input_is_one_clear_error() -> None:
@@ -209,5 +252,7 @@ def test_bad_input_is_one_clear_error() -> None:
         persistence_loss(_confident(lab, 4), lab, prior={1: (1, 0)})
     with pytest.raises(TuneppError, match="workers"):
         persistence_loss(_confident(lab, 4), lab, workers=0)
+    with pytest.raises(TuneppError, match="floor"):
+        persistence_loss(_confident(lab, 4), lab, floor=1.0)
     with pytest.raises(TuneppError, match="NaN"):
         superlevel_persistence(np.full((2, 2, 2), np.nan))

@@ -37,6 +37,7 @@ from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.kernels import betti_numbers, betti_per_label
 
 _DEATH_INF = 1e300  # cripser reports an essential class's death as DBL_MAX
+DEFAULT_FLOOR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,9 @@ class PersistencePairs:
 
     ``dim[i]`` is the homology dimension (0, 1, 2); ``birth_idx[i]`` / ``death_idx[i]`` are flat
     (C-order) voxel indices with ``p.flat[birth_idx] = birth`` and ``p.flat[death_idx] = death``
-    (``birth >= death``: superlevel). The one essential class (the whole volume's component) is
-    given ``death = min(p)`` at the arg-min voxel, where the filtration ends, so it carries a
-    finite, differentiable persistence ``max(p) - min(p)``.
+    (``birth >= death``: superlevel). The one essential class (``essential[i]``, the whole volume's
+    component, born at ``max(p)``) is given ``death = min(p)`` at the arg-min voxel, where the
+    filtration ends, so it carries a finite, differentiable persistence ``max(p) - min(p)``.
     """
 
     dim: np.ndarray
@@ -55,32 +56,78 @@ class PersistencePairs:
     death_idx: np.ndarray
     birth: np.ndarray
     death: np.ndarray
+    essential: np.ndarray
 
 
-def superlevel_persistence(p: np.ndarray, maxdim: int = 2) -> PersistencePairs:
-    """Cubical PH of the superlevel filtration of the 3-D array ``p`` (T-construction, see module doc)."""
-    import cripser
-
+def _check_map(p: np.ndarray, what: str) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64)
     if p.ndim != 3:
-        raise TuneppError(f"superlevel_persistence needs a 3-D map, got shape {p.shape}")
+        raise TuneppError(f"{what} needs a 3-D map, got shape {p.shape}")
     if not np.isfinite(p).all():
-        raise TuneppError("superlevel_persistence: the map has NaN or infinite values")
-    ph = np.asarray(cripser.computePH_T(np.ascontiguousarray(-p), maxdim=maxdim))
-    if ph.size == 0:
-        empty = np.zeros(0, np.int64)
-        return PersistencePairs(empty, empty, empty, np.zeros(0), np.zeros(0))
-    shape = np.asarray(p.shape, np.int64)
-    strides = np.array([shape[1] * shape[2], shape[2], 1], np.int64)
+        raise TuneppError(f"{what}: the map has NaN or infinite values")
+    return p
+
+
+def _raw_pairs(p: np.ndarray, maxdim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(dim, birth_coord, death_coord, essential)`` from cripser's T-construction on ``-p``."""
+    import cripser
+
+    ph = np.asarray(cripser.computePH_T(np.ascontiguousarray(-p), maxdim=maxdim)).reshape(-1, 9)
     dim = ph[:, 0].astype(np.int64)
     bcoord = np.rint(ph[:, 3:6]).astype(np.int64)
     dcoord = np.rint(ph[:, 6:9]).astype(np.int64)
-    essential = ph[:, 2] > _DEATH_INF
-    dcoord[essential] = np.unravel_index(int(np.argmin(p)), p.shape)
-    birth_idx = bcoord @ strides
-    death_idx = dcoord @ strides
+    return dim, bcoord, dcoord, ph[:, 2] > _DEATH_INF
+
+
+def _pairs(p: np.ndarray, dim: np.ndarray, birth_idx: np.ndarray, death_idx: np.ndarray,
+           essential: np.ndarray) -> PersistencePairs:
     flat = p.ravel()
-    return PersistencePairs(dim, birth_idx, death_idx, flat[birth_idx], flat[death_idx])
+    return PersistencePairs(dim, birth_idx, death_idx, flat[birth_idx], flat[death_idx], essential)
+
+
+def superlevel_persistence(p: np.ndarray, maxdim: int = 2) -> PersistencePairs:
+    """Exact cubical PH of the superlevel filtration of the 3-D array ``p`` (T-construction, see
+    module doc)."""
+    p = _check_map(p, "superlevel_persistence")
+    dim, bcoord, dcoord, essential = _raw_pairs(p, maxdim)
+    dcoord[essential] = np.unravel_index(int(np.argmin(p)), p.shape)
+    return _pairs(p, dim, np.ravel_multi_index(bcoord.T, p.shape), np.ravel_multi_index(dcoord.T, p.shape),
+                  essential)
+
+
+def floored_persistence(p: np.ndarray, floor: float, maxdim: int = 2) -> PersistencePairs:
+    """The pairs of ``max(p, floor)``, located on ``p``: faster, and exact above ``floor``.
+
+    Clamping is a monotone change of values, so the superlevel diagram of ``max(p, floor)`` is p's
+    with each pair ``(b, d)`` mapped to ``(max(b, floor), max(d, floor))`` and the pairs that
+    become empty (``b <= floor``: background noise) dropped — on trained maps that is ~99% of the
+    pairs. Above the floor the filtration lives inside the bounding box of ``{p > floor}``, and at
+    the floor level the box and the volume are both contractible, so PH is computed on that box
+    plus a 1-voxel margin, with the same diagram. Indices refer to the full ``p``; ``birth``/
+    ``death`` are p's values there (a death "at the floor" is a voxel with ``p <= floor``). The
+    essential class is ``(argmax p, argmin p)`` as in :func:`superlevel_persistence`, so a class
+    that is missing everywhere (``max p <= floor``) still gets a gradient towards existing.
+    """
+    p = _check_map(p, "floored_persistence")
+    lo_idx, hi_idx = int(np.argmin(p)), int(np.argmax(p))
+    above = np.argwhere(p > floor)
+    ess = (np.zeros(1, np.int64), np.array([hi_idx]), np.array([lo_idx]), np.ones(1, bool))
+    if above.size == 0:
+        return _pairs(p, *ess)
+    lo = np.maximum(above.min(0) - 1, 0)
+    hi = np.minimum(above.max(0) + 2, p.shape)
+    sub = np.maximum(p[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], floor)
+    dim, bcoord, dcoord, essential = _raw_pairs(sub, maxdim)
+    keep = ~essential
+    birth_idx = np.ravel_multi_index((bcoord[keep] + lo).T, p.shape)
+    death_idx = np.ravel_multi_index((dcoord[keep] + lo).T, p.shape)
+    return _pairs(
+        p,
+        np.concatenate([ess[0], dim[keep]]),
+        np.concatenate([ess[1], birth_idx]),
+        np.concatenate([ess[2], death_idx]),
+        np.concatenate([ess[3], np.zeros(int(keep.sum()), bool)]),
+    )
 
 
 def _crop_prior(lab: np.ndarray, classes: Sequence[int], num_classes: int) -> dict[int, np.ndarray]:
@@ -137,6 +184,7 @@ def persistence_loss(
     prior: Mapping[int, Sequence[int]] | None = None,
     downsample: int = 1,
     workers: int = 1,
+    floor: float = DEFAULT_FLOOR,
 ) -> Tensor:
     """PH topology loss (module docstring) for ``logits [B,K,D,H,W]`` and int ``labels [B,D,H,W]``.
 
@@ -147,6 +195,8 @@ def persistence_loss(
     A class with no truth voxel and no arg-max voxel in an item is skipped (nothing to constrain;
     saves the PH). ``downsample`` = s > 1 computes PH on ``max_pool(p, s)`` and the crop prior on
     the equally max-pooled truth mask (faster, coarser; measured in docs/persistence_loss.md).
+    ``floor``: PH of ``max(p, floor)`` (:func:`floored_persistence`; exact above the floor, the
+    default 1e-3 is ~3x faster on trained maps, measured in the doc); 0 computes the exact diagram.
     ``workers`` > 1 runs the B x classes PH computations in that many threads (cripser releases
     the GIL; the result is identical).
 
@@ -155,6 +205,8 @@ def persistence_loss(
     cls = _validate(logits, labels, classes)
     if downsample < 1 or workers < 1:
         raise TuneppError(f"persistence_loss: downsample and workers must be >= 1, got {downsample}, {workers}")
+    if not 0.0 <= floor < 1.0:
+        raise TuneppError(f"persistence_loss: floor must be in [0, 1), got {floor}")
     K = logits.shape[1]
     with torch.autocast(device_type=logits.device.type, enabled=False):
         probs = F.softmax(logits.float(), dim=1)
@@ -181,11 +233,14 @@ def persistence_loss(
         if not jobs:
             return logits.float().sum() * 0.0
         maps = [probs_np[b, c] for b, c, _ in jobs]
+        def diagram(m: np.ndarray) -> PersistencePairs:
+            return floored_persistence(m, floor) if floor > 0 else superlevel_persistence(m)
+
         if workers > 1 and len(maps) > 1:
             with ThreadPoolExecutor(min(workers, len(maps))) as pool:
-                diagrams = list(pool.map(superlevel_persistence, maps))
+                diagrams = list(pool.map(diagram, maps))
         else:
-            diagrams = [superlevel_persistence(m) for m in maps]
+            diagrams = [diagram(m) for m in maps]
         terms = [
             _class_loss(probs[b, c].reshape(-1), pairs, want)
             for (b, c, want), pairs in zip(jobs, diagrams, strict=True)
@@ -198,4 +253,4 @@ def _pooled_betti(mask: Tensor, s: int) -> np.ndarray:
     return np.asarray(betti_numbers(pooled.cpu().numpy().astype(np.uint8)), np.int64)
 
 
-__all__ = ["PersistencePairs", "persistence_loss", "superlevel_persistence"]
+__all__ = ["DEFAULT_FLOOR", "PersistencePairs", "floored_persistence", "persistence_loss", "superlevel_persistence"]
