@@ -39,6 +39,8 @@ def open_predictor(
 
     path = Path(model)
     opts = options or RunOptions()
+    if opts.deterministic and (method == "saliency" or resolve_method(method, path) != "tunepp"):
+        raise TuneppError("a deterministic pass (all dropout masks 1) is defined for TUNE++ models only")
     if method == "saliency":
         if resolve_method("auto", path) != "tunepp":
             raise TuneppError(f"{path}: saliency fusion runs on a TUNE++ checkpoint")

@@ -26,6 +26,8 @@ class RunOptions:
     memory_gb: float | None = None
     blend: Blend = "auto"
     noise_draws: int | None = None
+    # one eval-mode pass (all dropout masks 1, no logit noise): the single-pass baseline of experiments
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class RunSettings:
     memory_gb: float
     blend: Blend
     noise_draws: int
+    deterministic: bool = False
 
     def with_(self, **kw: object) -> RunSettings:
         return replace(self, **kw)  # type: ignore[arg-type]
@@ -48,6 +51,12 @@ def resolve(cfg: TuneppConfig, opts: RunOptions | None = None) -> RunSettings:
     """``opts`` over ``cfg.infer`` (module docstring)."""
     o = opts or RunOptions()
     d = cfg.infer
+    if o.deterministic:
+        return RunSettings(samples=1, seed=d.seed if o.seed is None else int(o.seed),
+                           overlap=d.overlap if o.overlap is None else float(o.overlap),
+                           max_batch=d.max_batch if o.max_batch is None else int(o.max_batch),
+                           memory_gb=d.memory_gb if o.memory_gb is None else float(o.memory_gb),
+                           blend=o.blend, noise_draws=0, deterministic=True)
     return RunSettings(
         samples=d.samples if o.samples is None else int(o.samples),
         seed=d.seed if o.seed is None else int(o.seed),

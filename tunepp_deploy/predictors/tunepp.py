@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tunepp_deploy.infer.masks import mask_alignment, sample_masks
+from tunepp_deploy.infer.masks import identity_masks, mask_alignment, sample_masks
 from tunepp_deploy.infer.mc import MCSettings, mc_predict
 from tunepp_deploy.infer.runners.base import Runner
 from tunepp_deploy.infer.sliding_window import count_windows
@@ -45,7 +45,8 @@ class TuneppPredictor(Predictor):
         self.mc = MCSettings(samples=settings.samples, seed=settings.seed, overlap=settings.overlap,
                              max_batch=settings.max_batch, memory_gb=settings.memory_gb, blend=settings.blend,
                              noise_draws=settings.noise_draws)
-        self.masks = sample_masks(meta.sites, meta.window, settings.samples, settings.seed)
+        self.masks = (identity_masks(meta.sites, meta.window, 1) if settings.deterministic
+                      else sample_masks(meta.sites, meta.window, settings.samples, settings.seed))
 
     @property
     def meta(self):
