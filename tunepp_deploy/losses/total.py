@@ -77,7 +77,7 @@ class TuneppLoss(nn.Module):
             return component_topology_loss(logits, labels, s, torch.from_numpy(ids).to(logits.device), c.w_a)
         from tunepp_deploy.losses.persistence import persistence_loss
 
-        return persistence_loss(logits, labels)
+        return persistence_loss(logits, labels, downsample=c.ph_downsample)
 
     def weight_map(self, labels: Tensor, logits: Tensor, structure: Tensor | np.ndarray | None = None) -> Tensor:
         """``W`` for the batch, on ``logits``' device; ``structure`` = precomputed ``1 + w_b B + w_j J``."""

@@ -154,8 +154,14 @@ def train(
     device: str = "auto",
     resume: bool = False,
     console: Console | None = None,
+    init: str | Path | None = None,
 ) -> TrainResult:
-    """Train ``cfg``'s network on ``data_dir`` (default ``cfg.data.root``) into ``out_dir``."""
+    """Train ``cfg``'s network on ``data_dir`` (default ``cfg.data.root``) into ``out_dir``.
+
+    ``init``: start from that checkpoint's weights (fine-tuning: a fresh optimiser and schedule; the
+    network must be the same). With the same ``train.seed`` and data the train/val split is the same
+    as the checkpoint's run, so validation cases stay unseen.
+    """
     console = console or Console()
     # Softmax tails in the attention branches underflow into denormal floats once the network has
     # trained a little; x86 CPUs handle those in microcode, measured here as a 6x slower step.
@@ -211,6 +217,10 @@ def train(
                         num_workers=tc.num_workers, drop_last=True, persistent_workers=tc.num_workers > 0)
 
     model = build_network(cfg).to(dev)
+    if init is not None and ckpt is None:
+        init_ckpt = read_checkpoint(Path(init))
+        check_compatible(checkpoint_config(init_ckpt, str(init)), cfg, str(init))
+        load_weights(model, init_ckpt, str(init))
     loss_fn = TuneppLoss(cfg.loss)
     optim = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     total_steps = tc.epochs * tc.iters_per_epoch
