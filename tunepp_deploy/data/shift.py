@@ -91,6 +91,7 @@ def apply_shift(case: PhantomCase, shift: str, rng: np.random.Generator, strengt
 def write_shifted_dataset(
     out: str | Path, cases: int, shift: str, seed: int = 100, strength: float = 1.0,
     shape: tuple[int, int, int] = DEFAULT_SHAPE, spacing: tuple[float, float, float] = DEFAULT_SPACING,
+    contact: bool = False,
 ) -> Path:
     """Like :func:`~tunepp_deploy.data.phantom.write_phantom_dataset`, with ``shift`` applied to every case.
 
@@ -99,10 +100,10 @@ def write_shifted_dataset(
     out = Path(out)
     meta: dict[str, object] = {"name": f"tunepp-phantom-{shift}", "classes": list(PHANTOM_CLASSES),
                                "spacing": list(spacing), "modality": "ct", "shift": shift, "strength": strength,
-                               "cases": {}}
+                               "contact": bool(contact), "cases": {}}
     for i in range(cases):
         rng = np.random.default_rng([seed, i])
-        case = apply_shift(generate_case(rng, shape=shape, spacing=spacing), shift, rng, strength)
+        case = apply_shift(generate_case(rng, shape=shape, spacing=spacing, contact=contact), shift, rng, strength)
         write_case(out, f"{shift}_{i:03d}", case, meta)
     write_atomic(out / "dataset.json", lambda t: t.write_text(json.dumps(meta, indent=2)))
     return out

@@ -1,52 +1,56 @@
-"""Fidelity experiment on phantoms: does the topology loss reduce topological errors, does temperature
-scaling fix calibration, and does the uncertainty find topological errors, failed and shifted cases?
+"""Fidelity experiment v2: does a topology loss remove topological errors, compared over seeds with
+no topology loss and with post-processing, and does the uncertainty find errors, failures and shifts?
 
-Protocol (``tunepp experiment fidelity --out DIR``; every number comes from files it writes):
+Protocol (``tunepp experiment fidelity --out DIR``; every number comes from files it writes; the
+definitions and the reasons behind them: docs/results/fidelity_v2.md):
 
-1. Data: ``train`` phantoms (split into train/val by the trainer, ``split.json``), ``test`` phantoms
-   from another seed, and ``shift`` phantoms per shift of :mod:`tunepp_deploy.data.shift` (noise,
-   intensity, unseen shape) from a third seed.
-2. Two runs of the same config, identical except ``loss.lambda1``: the config's value (``topo``) and
-   0 (``no_topo``: no topology term).
-3. Per run: temperature scaling of the MC predictive (``samples`` dropout samples, the inference seed)
-   on the validation split (:mod:`tunepp_deploy.calibrate.temperature`; ECE before/after on held-out
-   validation voxels disjoint from the fit voxels), then MC inference on the test set without and
-   with the temperature (test ECE before/after) and on the shifted sets with it, each evaluated by
-   :func:`tunepp_deploy.evaluation.run.evaluate_folders` (full reports under ``<run>/eval_*``).
-4. Summary (``fidelity.json`` + ``fidelity.md``): Dice, Betti error per case and its relative
-   reduction ``(BE_no_topo - BE_topo) / BE_no_topo`` (the seed claims -72% on Synapse), violation
-   share, ECE before/after T, TAUS and the seed's Pearson TAUS, triage@25% (over the test and shifted
-   cases together: the in-distribution test set alone has too few failures for a curve), and OOD
-   AUROC of the case score for each shift against the test cases.
+1. Data, shared by every run: ``train`` contact phantoms (the solid and hollow organs touch, so the
+   junction weights are exercised; split into train/val by each run's seed), ``test`` phantoms from
+   another data seed, and ``shift_*`` phantoms per shift (noise, intensity, unseen shape) from a third.
+   Test cases never take part in checkpoint choice (that is validation Dice, on train-split cases).
+2. Per training seed: a **base** run without the topology term (``base_epochs``), then each variant
+   **fine-tunes** the base's last weights for ``finetune_epochs`` with a fresh optimiser: ``none``
+   (lambda1 = 0: same extra iterations, no topology term — the fair baseline), ``dt`` (the seed's
+   voxel-weighted DT loss), ``component`` (the component-level DT loss), ``ph`` (cubical persistent
+   homology + clDice on the tube). The checkpoint is the fine-tune's best validation Dice.
+   Warm-up then fine-tune is also the cheapest schedule that trains 4 variants x 5 seeds on 2 cores.
+3. Per run: a deterministic pass (dropout off) on the test cases — segmentation and topology
+   metrics, the post-processing baseline on that segmentation, and the single-pass max-softmax /
+   entropy baselines; for the first ``mc_seeds`` seeds also MC inference (``samples``) on the test
+   and shifted cases — the MC uncertainty, triage and OOD (:mod:`.fidelity_metrics`). MC is the
+   expensive part (one MC-8 case took 15 s on one thread here, a deterministic pass 1.8 s), which is
+   what bounds ``mc_seeds`` and ``samples`` on a 2-core CPU.
+4. :mod:`.fidelity_summary` turns ``runs/seed*/VARIANT/cases.json`` into ``fidelity.json`` +
+   ``fidelity.md``: mean +- 95% t-interval over seeds, paired differences against ``none``.
 
-Cost on the 2-core CPU: a training iteration of the phantom config (batch 2, 48x48x32 crops, all
-loss terms) took ~9 s at load 5 (other jobs running; unloaded it should be ~2-3x faster), so the
-config's 30 x 20 iterations are ~30+ min per run. ``--epochs 5`` (100 iterations per run) is the
-setting meant to stay under 25 minutes for the whole experiment — an estimate, not timed end to end
-on an idle machine. Short schedules make the topo / no-topo comparison weak evidence; a GPU runs the
-config's schedule cheaply. A smoke run (tiny network, 1 epoch x 2 iterations, 4/2/1 cases) took
-1.5 min and exercises every step.
+Runs execute in ``jobs`` worker processes on one thread each; every stage skips work whose outputs
+exist, so an interrupted experiment resumes where it stopped (``--resume``).
 """
 
 from __future__ import annotations
 
 import json
-import math
+import os
 import time
-from dataclasses import asdict, dataclass
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from tunepp_deploy.config.load import load_config
-from tunepp_deploy.config.schema import TuneppConfig
 from tunepp_deploy.data.nifti import write_atomic
-from tunepp_deploy.data.phantom import write_phantom_dataset
-from tunepp_deploy.data.shift import SHIFTS, write_shifted_dataset
 from tunepp_deploy.errors import TuneppError
-from tunepp_deploy.evaluation.compute import EvalOptions
-from tunepp_deploy.metrics.triage import ood_auroc, triage_curve
+from tunepp_deploy.experiments.fidelity_metrics import FailureRule
+
+# loss overrides per variant (on top of the config's loss; lambda1 stays the config's unless 0 here)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "none": {"lambda1": 0.0},
+    "dt": {"topo_mode": "voxel"},
+    "component": {"topo_mode": "component"},
+    "ph": {"topo_mode": "persistence", "cldice_class": 4, "cldice_weight": 0.3},
+}
 
 
 @dataclass(frozen=True)
@@ -54,174 +58,221 @@ class FidelitySettings:
     """Sizes and schedule of the experiment (CLI flags map 1:1)."""
 
     config: Path = Path("configs/phantom.yaml")
-    epochs: int | None = None
-    iters_per_epoch: int | None = None
+    seeds: int = 5
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    base_epochs: int = 7
+    finetune_epochs: int = 3
+    iters_per_epoch: int = 20
+    finetune_lr_scale: float = 1.0 / 3.0
     train_cases: int = 16
-    test_cases: int = 6
-    shift_cases: int = 3
-    samples: int = 10
-    seed: int = 0
+    test_cases: int = 20
+    shift_cases: int = 7
+    samples: int = 4
+    mc_seeds: int = 3
+    jobs: int = 2
+    data_seed: int = 0
     budget: float = 0.25
+    contact: bool = True
+    rule: FailureRule = field(default_factory=FailureRule)
 
 
-def _variant(cfg: TuneppConfig, lambda1: float, s: FidelitySettings) -> TuneppConfig:
-    train = cfg.train.model_copy(update={k: v for k, v in (("epochs", s.epochs), ("iters_per_epoch",
-                                                           s.iters_per_epoch)) if v is not None})
-    return cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"lambda1": lambda1}), "train": train})
+def _datasets(root: Path, s: FidelitySettings) -> dict[str, Path]:
+    from tunepp_deploy.data.shift import SHIFTS
+
+    d = root / "data"
+    return {"train": d / "train", "test": d / "test", **{f"shift_{k}": d / f"shift_{k}" for k in SHIFTS}}
 
 
-def _g(d: dict[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
+def write_data(root: Path, s: FidelitySettings) -> dict[str, Path]:
+    """The shared data sets (kept when already written with the same settings)."""
+    from tunepp_deploy.data.phantom import write_phantom_dataset
+    from tunepp_deploy.data.shift import SHIFTS, write_shifted_dataset
+
+    paths = _datasets(root, s)
+    sizes = {"train": s.train_cases, "test": s.test_cases, **{f"shift_{k}": s.shift_cases for k in SHIFTS}}
+    for name, path in paths.items():
+        meta = path / "dataset.json"
+        if meta.is_file() and len(json.loads(meta.read_text())["cases"]) == sizes[name]:
+            continue
+        if name == "train":
+            write_phantom_dataset(path, s.train_cases, seed=s.data_seed, contact=s.contact)
+        elif name == "test":
+            write_phantom_dataset(path, s.test_cases, seed=s.data_seed + 1000, contact=s.contact)
+        else:
+            write_shifted_dataset(path, s.shift_cases, name.removeprefix("shift_"), seed=s.data_seed + 2000,
+                                  contact=s.contact)
+    return paths
 
 
-def run_variant(
-    name: str, cfg: TuneppConfig, data: dict[str, Path], root: Path, s: FidelitySettings, console: Console,
-) -> dict[str, Any]:
-    """Train, calibrate and evaluate one variant; returns its summary row."""
-    from tunepp_deploy.calibrate.temperature import (
-        fit_on_validation,
-        gather_val_samples,
-        store_temperature,
-        validation_cases,
-    )
-    from tunepp_deploy.evaluation.run import evaluate_folders, predict_dataset
-    from tunepp_deploy.infer.runners import open_runner
+def _cfg(s: FidelitySettings, seed: int, variant: str | None) -> Any:
+    from tunepp_deploy.config.load import load_config
+
+    cfg = load_config(s.config)
+    tc = cfg.train
+    if variant is None:  # the base: no topology term
+        loss = cfg.loss.model_copy(update={"lambda1": 0.0})
+        train = tc.model_copy(update={"epochs": s.base_epochs, "iters_per_epoch": s.iters_per_epoch, "seed": seed})
+    else:
+        loss = cfg.loss.model_copy(update=VARIANTS[variant])
+        train = tc.model_copy(update={"epochs": s.finetune_epochs, "iters_per_epoch": s.iters_per_epoch,
+                                      "seed": seed, "lr": tc.lr * s.finetune_lr_scale, "warmup_epochs": 0})
+    return cfg.model_copy(update={"loss": loss, "train": train})
+
+
+def run_dir(root: Path, seed: int, variant: str) -> Path:
+    return root / "runs" / f"seed{seed}" / variant
+
+
+def _train_once(cfg: Any, out: Path, data: Path, init: Path | None) -> dict[str, Any]:
     from tunepp_deploy.train.trainer import train
 
-    run = root / name
+    done = out / "train_done.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    resume = (out / "last.pt").is_file()
     t0 = time.perf_counter()
-    res = train(cfg, run, data_dir=data["train"], device="cpu", console=console)
+    res = train(cfg, out, data_dir=data, device="cpu", console=Console(quiet=True), resume=resume, init=init)
     if res.interrupted:
-        raise TuneppError("training interrupted")
-    ckpt = run / "best.pt"
-    t_train = time.perf_counter() - t0
-
-    with open_runner(ckpt, "torch", "cpu") as runner:
-        cases, split = validation_cases(ckpt, data["train"], cfg.data.layout, cfg.data.val_fraction, cfg.train.seed)
-        # the MC predictive the test inference below computes: same S and seed
-        val = gather_val_samples(runner, cases, s.samples, mc_seed=s.seed, overlap=cfg.infer.overlap, seed=s.seed)
-    fit = fit_on_validation(val, per_class=False, split=split)
-    calibrated = store_temperature(ckpt, fit, run / "calibrated.pt")
-    console.print(f"{name}: T = {fit.temperature[0]:.3f}; val ECE {fit.ece_before:.4f} -> {fit.ece_after:.4f}")
-
-    opts = EvalOptions(budget=s.budget, loss=cfg.loss)
-    evals: dict[str, dict[str, Any]] = {}
-    for tag, model, use_t, ds in (("test_raw", ckpt, False, "test"), ("test", calibrated, True, "test"),
-                                  *((f"shift_{k}", calibrated, True, f"shift_{k}") for k in SHIFTS)):
-        pred = run / f"pred_{tag}"
-        ran = predict_dataset(model, data[ds], pred, samples=s.samples, seed=s.seed, backend="torch", device="cpu",
-                              use_temperature=use_t)
-        if ran.failed:  # a metric over the cases that happened to work would be silently biased
-            raise TuneppError(f"{name}: {len(ran.failed)} {tag} case(s) failed: {ran.failed[0][0]}: {ran.failed[0][1]}")
-        evals[tag] = evaluate_folders(pred, data[ds], run / f"eval_{tag}", opts=opts,
-                                      worst=2 if tag == "test" else 0).summary
-        console.print(f"{name}: evaluated {tag}")
-
-    def scores(tag: str) -> tuple[list[float], list[bool]]:
-        body = json.loads((run / f"eval_{tag}" / "metrics.json").read_text())["cases"]
-        return ([c["case"]["case_score"] for c in body.values()], [c["case"]["failed"] for c in body.values()])
-
-    id_scores, id_failed = scores("test")
-    pool_s, pool_f = list(id_scores), list(id_failed)
-    ood = {}
-    for k in SHIFTS:
-        sc, fl = scores(f"shift_{k}")
-        ood[k] = ood_auroc(id_scores, sc)
-        pool_s += sc
-        pool_f += fl
-    tri = triage_curve(pool_s, pool_f)
-    test = evals["test"]
-    return {
-        "variant": name, "lambda1": cfg.loss.lambda1, "epochs": res.epochs_done, "best_val_dice": res.best_dice,
-        "train_seconds": round(t_train, 1), "temperature": fit.temperature[0],
-        "dice": test["mean_dice"], "betti_error_per_case": test["mean_betti_error_per_case"],
-        "violation_share": test["violation_share"],
-        "ece_val_before": fit.ece_before, "ece_val_after": fit.ece_after,
-        "ece_fg_val_before": fit.ece_fg_before, "ece_fg_val_after": fit.ece_fg_after,
-        "ece_test_before": _g(evals["test_raw"], "calibration", "ece_pooled"),
-        "ece_test_after": _g(test, "calibration", "ece_pooled"),
-        "ece_fg_test_before": _g(evals["test_raw"], "calibration", "ece_fg_pooled"),
-        "ece_fg_test_after": _g(test, "calibration", "ece_fg_pooled"),
-        "taus": test.get("taus"), "taus_cases": _g(test, "ranking", "total", "taus_cases"),
-        "taus_seed_pearson": test.get("taus_seed_pearson"), "voxel_auroc": _g(test, "ranking", "total", "auroc"),
-        "aurc": test.get("aurc"), "eaurc": test.get("eaurc"),
-        "triage_at_budget": None if math.isnan(tri.at(s.budget)) else tri.at(s.budget),
-        "triage_failures": tri.failures, "triage_cases": len(pool_s),
-        "triage_at_budget_test_only": _g(test, "triage", "found_at_budget"),
-        "ood_auroc": ood,
-        "shift_dice": {k: evals[f"shift_{k}"]["mean_dice"] for k in SHIFTS},
-    }
+        raise TuneppError(f"{out}: training interrupted")
+    info = {"seconds": round(time.perf_counter() - t0, 1), "best_val_dice": res.best_dice,
+            "best_epoch": res.best_epoch, "epochs": res.epochs_done}
+    write_atomic(done, lambda t: t.write_text(json.dumps(info)))
+    return info
 
 
-def _fmt(x: Any, d: int = 3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else (
-        f"{x:.{d}f}" if isinstance(x, float) else str(x))
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
 
 
-def write_summary(root: Path, rows: list[dict[str, Any]], s: FidelitySettings, seconds: float) -> dict[str, Any]:
-    """fidelity.json and fidelity.md."""
-    by = {r["variant"]: r for r in rows}
-    red = None
-    if "topo" in by and "no_topo" in by:
-        a, b = by["topo"]["betti_error_per_case"], by["no_topo"]["betti_error_per_case"]
-        red = None if a is None or not b else (b - a) / b
-    body = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()},
-            "seconds": round(seconds, 1), "betti_error_relative_reduction": red, "variants": rows}
-    write_atomic(root / "fidelity.json", lambda t: t.write_text(json.dumps(body, indent=2)))
-    cols = [("lambda1", "lambda1", 2), ("epochs", "epochs", 0), ("Dice", "dice", 3),
-            ("Betti err/case", "betti_error_per_case", 2), ("violations", "violation_share", 2),
-            ("T", "temperature", 3), ("ECE val before", "ece_val_before", 4), ("ECE val after", "ece_val_after", 4),
-            ("ECE test before", "ece_test_before", 4), ("ECE test after", "ece_test_after", 4),
-            ("fg ECE test before", "ece_fg_test_before", 4), ("fg ECE test after", "ece_fg_test_after", 4),
-            ("TAUS", "taus", 3), ("seed TAUS (r)", "taus_seed_pearson", 3), ("voxel AUROC", "voxel_auroc", 3),
-            ("triage@25%", "triage_at_budget", 2)]
-    lines = ["# Fidelity experiment (phantoms)", "",
-             f"{s.train_cases} training phantoms (train/val split by the trainer), {s.test_cases} test phantoms, "
-             f"{s.shift_cases} per shift ({', '.join(SHIFTS)}); MC samples {s.samples}; total {seconds / 60:.1f} min.",
-             "", "| variant | " + " | ".join(c[0] for c in cols) + " |", "|---|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append(f"| {r['variant']} | " + " | ".join(_fmt(r[k], d) for _, k, d in cols) + " |")
-    lines += ["", f"Relative Betti-error reduction from the topology loss: {_fmt(red, 3)} "
-              "(the seed claims 0.72 on Synapse).", "",
-              "OOD AUROC of the case score (mean total uncertainty over the predicted foreground), each shift vs "
-              "the in-distribution test cases:", "", "| variant | " + " | ".join(SHIFTS) + " |",
-              "|---|" + "---|" * len(SHIFTS)]
-    for r in rows:
-        lines.append(f"| {r['variant']} | " + " | ".join(_fmt(r["ood_auroc"][k]) for k in SHIFTS) + " |")
-    lines += ["", "triage@25%: failures (Dice < 0.8 or any Betti violation) found among the 25% most uncertain of "
-              "the test and shifted cases together (failures: " +
-              ", ".join(f"{r['variant']} {r['triage_failures']}/{r['triage_cases']}" for r in rows) + ").",
-              "TAUS: AUROC of total uncertainty for topological-error voxels vs correct voxels near the anatomy "
-              "(NaN-free mean over cases with topological errors); seed TAUS: Pearson r with the complexity map.",
-              "Per-run reports: `<variant>/eval_test/report.md` (and `eval_test_raw`, `eval_shift_*`).", ""]
-    text = "\n".join(lines)
-    write_atomic(root / "fidelity.md", lambda t: t.write_text(text))
-    return body
+def task_base(root: Path, s: FidelitySettings, seed: int) -> dict[str, Any]:
+    """Train one seed's base (no topology term)."""
+    return _train_once(_cfg(s, seed, None), run_dir(root, seed, "base"), _datasets(root, s)["train"], None)
+
+
+def task_variant(root: Path, s: FidelitySettings, seed: int, variant: str) -> dict[str, Any]:
+    """Fine-tune, predict and score one (seed, variant); returns its timing."""
+    from tunepp_deploy.evaluation.run import predict_dataset
+    from tunepp_deploy.predictors.settings import RunOptions
+
+    data = _datasets(root, s)
+    out = run_dir(root, seed, variant)
+    t0 = time.perf_counter()
+    info = _train_once(_cfg(s, seed, variant), out, data["train"], run_dir(root, seed, "base") / "last.pt")
+    t1 = time.perf_counter()
+    ckpt = out / "best.pt"
+    ran = predict_dataset(ckpt, data["test"], out / "det_test", backend="torch", device="cpu", use_temperature=False,
+                          overwrite=False, threads=1, options=RunOptions(deterministic=True))
+    if ran.failed:
+        raise TuneppError(f"{out}: deterministic pass failed on {ran.failed[0][0]}: {ran.failed[0][1]}")
+    if seed < s.mc_seeds:
+        for name, path in data.items():
+            if name == "train":
+                continue
+            ran = predict_dataset(ckpt, path, out / f"mc_{name}", samples=s.samples, seed=0, backend="torch",
+                                  device="cpu", use_temperature=False, overwrite=False, threads=1)
+            if ran.failed:
+                raise TuneppError(f"{out}: {len(ran.failed)} {name} case(s) failed: {ran.failed[0][0]}: "
+                                  f"{ran.failed[0][1]}")
+    t2 = time.perf_counter()
+    score_run(out, data, s, mc=seed < s.mc_seeds)
+    return {**info, "seconds_finetune": round(t1 - t0, 1), "seconds_predict": round(t2 - t1, 1),
+            "seconds_score": round(time.perf_counter() - t2, 1)}
+
+
+def score_run(out: Path, data: dict[str, Path], s: FidelitySettings, mc: bool) -> Path:
+    """``cases.json`` of one run: ``{"det": {"test": {case: metrics}}, "mc": {"test": ..., "shift_*": ...}}``
+    (:mod:`.fidelity_metrics`; ``mc`` only for the MC seeds)."""
+    from tunepp_deploy.evaluation.cases import load_pair, pair_cases
+    from tunepp_deploy.experiments.fidelity_metrics import det_case_metrics, mc_case_metrics
+    from tunepp_deploy.postprocess.topology import betti_prior_from_dataset
+
+    path = out / "cases.json"
+    if path.is_file():
+        return path
+    body: dict[str, dict[str, dict[str, Any]]] = {"det": {}, "mc": {}}
+    for name, gt in data.items():
+        if name == "train" or (name != "test" and not mc):
+            continue
+        meta = json.loads((gt / "dataset.json").read_text())
+        classes = list(meta["classes"])
+        k = len(classes)
+        if name == "test":
+            rows = {}
+            for c in pair_cases(out / "det_test", gt):
+                d = load_pair(c, k, with_image=False)
+                if d.probs is None:
+                    raise TuneppError(f"{c.seg}: the deterministic output lacks probabilities")
+                rows[c.name] = det_case_metrics(d.truth, d.spacing, k, d.pred, d.probs, s.rule,
+                                                prior=betti_prior_from_dataset(meta, c.name, classes))
+            body["det"]["test"] = rows
+        if mc:
+            rows = {}
+            for c in pair_cases(out / f"mc_{name}", gt):
+                m = load_pair(c, k, with_image=False)
+                if m.probs is None or "total" not in m.unc:
+                    raise TuneppError(f"{c.seg}: the MC output lacks probabilities or the total map")
+                rows[c.name] = mc_case_metrics(m.truth, m.spacing, k, m.pred, m.probs, m.unc["total"], s.rule)
+            body["mc"][name] = rows
+    write_atomic(path, lambda t: t.write_text(json.dumps(body, indent=1)))
+    return path
 
 
 def run_fidelity(out: str | Path, s: FidelitySettings | None = None, console: Console | None = None) -> dict[str, Any]:
-    """Run the whole experiment into ``out`` (module docstring)."""
+    """Run (or resume) the whole experiment into ``out`` and write its summary (module docstring)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tunepp_deploy.experiments.fidelity_summary import write_summary
+
     s = s or FidelitySettings()
     console = console or Console()
-    root = Path(out)
-    if (root / "topo" / "last.pt").exists() or (root / "no_topo" / "last.pt").exists():
-        raise TuneppError(f"{root}: already holds an experiment; choose another --out")
+    unknown = [v for v in s.variants if v not in VARIANTS]
+    if unknown:
+        raise TuneppError(f"unknown variant(s) {unknown}: use {', '.join(VARIANTS)}")
     if s.train_cases < 3:
         raise TuneppError("--train-cases must be at least 3")
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    settings_file = root / "settings.json"
+    mine = json.loads(json.dumps(asdict(s), default=str))
+    if settings_file.is_file() and json.loads(settings_file.read_text()) != mine:
+        raise TuneppError(f"{root}: holds an experiment with other settings ({settings_file}); choose another --out")
+    write_atomic(settings_file, lambda t: t.write_text(json.dumps(mine, indent=2)))
     t0 = time.perf_counter()
-    cfg = load_config(s.config)
-    data = {"train": write_phantom_dataset(root / "data" / "train", s.train_cases, seed=s.seed),
-            "test": write_phantom_dataset(root / "data" / "test", s.test_cases, seed=s.seed + 1000)}
-    for k in SHIFTS:
-        data[f"shift_{k}"] = write_shifted_dataset(root / "data" / f"shift_{k}", s.shift_cases, k, seed=s.seed + 2000)
-    console.print(f"data written under {root / 'data'}")
-    rows = [run_variant("topo", _variant(cfg, cfg.loss.lambda1, s), data, root, s, console),
-            run_variant("no_topo", _variant(cfg, 0.0, s), data, root, s, console)]
-    return write_summary(root, rows, s, time.perf_counter() - t0)
+    write_data(root, s)
+    console.print(f"data under {root / 'data'}; {s.seeds} seeds x {len(s.variants)} variants on {s.jobs} worker(s)")
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = "1"  # inherited by the spawned workers: one thread each
+    timings: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    total = s.seeds * (1 + len(s.variants))
+    with ProcessPoolExecutor(s.jobs, mp_context=get_context("spawn"), initializer=_init_worker) as pool, \
+            Progress(TextColumn("[bold]fidelity"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                     console=console) as prog:
+        bar = prog.add_task("runs", total=total)
+        pending: dict[Future, tuple[int, str]] = {
+            pool.submit(task_base, root, s, seed): (seed, "base") for seed in range(s.seeds)}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                seed, what = pending.pop(f)
+                key = f"seed{seed}/{what}"
+                try:
+                    timings[key] = f.result()
+                    prog.console.print(f"{key}: done ({timings[key].get('seconds', 0):.0f} s training)")
+                except Exception as e:  # one run's failure is reported, the others go on
+                    errors[key] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                    prog.console.print(f"[red]{key}: failed: {errors[key]}")
+                    if what == "base":
+                        prog.advance(bar, len(s.variants))
+                prog.advance(bar)
+                if what == "base" and key not in errors:
+                    for v in s.variants:
+                        pending[pool.submit(task_variant, root, s, seed, v)] = (seed, v)
+    seconds = time.perf_counter() - t0
+    return write_summary(root, s, timings, errors, seconds)
 
 
-__all__ = ["FidelitySettings", "run_fidelity", "run_variant", "write_summary"]
+__all__ = ["VARIANTS", "FidelitySettings", "run_dir", "run_fidelity", "score_run", "task_base", "task_variant",
+           "write_data"]
