@@ -67,6 +67,9 @@ def test_gradient_finite_and_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = cldice_loss(z, lab, TUBE)
     assert low.dtype == torch.float32 and low.item() == pytest.approx(loss.item(), rel=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = cldice_loss(z.to(torch.bfloat16), lab, TUBE)
+    assert half.dtype == torch.float32 and half.item() == pytest.approx(loss.item(), abs=0.02)
     # Descent on clDice closes a break: the gap's tube probability rises.
     broken = lab.clone()
     broken[0, 14:18, 5:8, 5:8] = 0

@@ -207,6 +207,9 @@ def test_gradient_finite_skip_and_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = persistence_loss(z, lab)
     assert low.dtype == torch.float32 and low.item() == pytest.approx(loss.item(), rel=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = persistence_loss(z.to(torch.bfloat16), lab)  # bf16 logits from an autocast forward
+    assert half.dtype == torch.float32 and math.isfinite(half.item()) and half.item() > 0
     # A class with neither truth nor prediction is skipped: only class 1 is constrained here.
     strong = _confident(lab, 5)
     strong[:, 4] = -10.0

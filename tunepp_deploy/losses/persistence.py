@@ -18,8 +18,10 @@ persistent pairs are pushed to persistence 1 and every other pair to 0:
 ``L = mean over the (item, class) pairs that are not skipped of sum_k L_{c,k}``. On a confident
 (0/1) prediction every pair has persistence 1, so ``L`` equals the mean per-class Betti error
 ``sum_k |b_k(pred) - b_k(prior)|`` — one topological error of one class costs 1, the same scale as
-one class's Dice loss. See docs/persistence_loss.md for the choices (prior from the crop, essential
-class, skipping, the speed options and their measured cost).
+one class's Dice loss. By default PH is taken of ``max(p, 1e-3)`` (:func:`floored_persistence`:
+exact above the floor, 4-5x faster on trained maps, where ~98% of the pairs are background noise
+below it). See docs/persistence_loss.md for the choices (prior from the crop, essential class,
+skipping, the speed options and their measured cost).
 """
 
 from __future__ import annotations
