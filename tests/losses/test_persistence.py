@@ -259,3 +259,11 @@ def test_bad_input_is_one_clear_error() -> None:
         persistence_loss(_confident(lab, 4), lab, floor=1.0)
     with pytest.raises(TuneppError, match="NaN"):
         superlevel_persistence(np.full((2, 2, 2), np.nan))
+
+
+def test_missing_cripser_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cripser", None)  # makes `import cripser` raise ImportError
+    with pytest.raises(TuneppError, match="pip install cripser"):
+        superlevel_persistence(np.zeros((2, 2, 2)))

@@ -72,7 +72,10 @@ def _check_map(p: np.ndarray, what: str) -> np.ndarray:
 
 def _raw_pairs(p: np.ndarray, maxdim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(dim, birth_coord, death_coord, essential)`` from cripser's T-construction on ``-p``."""
-    import cripser
+    try:
+        import cripser
+    except ImportError as err:  # an optional dependency: only this loss needs it
+        raise TuneppError(f"the persistence loss needs Cubical Ripser: pip install cripser ({err})") from err
 
     ph = np.asarray(cripser.computePH_T(np.ascontiguousarray(-p), maxdim=maxdim)).reshape(-1, 9)
     dim = ph[:, 0].astype(np.int64)
