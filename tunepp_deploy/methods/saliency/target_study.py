@@ -195,13 +195,37 @@ def render(study: dict[str, Any]) -> str:
                 lines.append(f"| {label} | " + " | ".join(f"{_pm(sm[key][m])} ({_sig(sm[key][m], m in LOWER_3D)})"
                                                           for m in metrics) + " |")
             lines.append("")
-        lines += ["Per seed (after / before), fused map: " + "; ".join(
-            f"seed {r['seed']}: " + ", ".join(
-                f"{NAMES[m].split()[0]} {r['variants']['after']['maps']['fused'][m]:.4f} / "
-                f"{r['variants']['before']['maps']['fused'][m]:.4f}" for m in metrics)
-            for r in d3["per_seed"]), ""]
     lines += ["## Does the fusion help?", ""] + [f"- {v}" for v in verdict_lines(study)]
+    lines += _per_seed(study)
     return "\n".join(lines) + "\n"
+
+
+def _per_seed(study: dict[str, Any]) -> list[str]:
+    """The per-seed numbers every interval above is computed from."""
+    lines: list[str] = []
+    if study.get("2d"):
+        w, ref = _k(W_SHOWN), _k(REFERENCE_W)
+        head = "| set-up | seed | Dice | map | " + " | ".join(NAMES[m] for m in METRICS_2D) + " |"
+        lines += ["", "## Per seed, 2D", "", head, "|---|---|---|---|---|---|---|"]
+        for name in VARIANTS:
+            for r in study["2d"]["bodies"][name]["per_seed"]:
+                for label, d in (("saliency alone (w=0)", r["weights"]["0"]), (f"fused (w={w})", r["weights"][w]),
+                                 (f"noise control (w={w})", r["noise_control"][w]),
+                                 ("predictive alone (w=1)", r["weights"][ref])):
+                    lines.append(f"| {name} | {r['seed']} | {r['dice']:.4f} | {label} | "
+                                 + " | ".join(f"{d[m]:.4f}" if d[m] is not None else "–" for m in METRICS_2D) + " |")
+    if study.get("3d"):
+        metrics = ("u_ece_fg", "auroc", "aurc")
+        head = "| set-up | seed | Dice | map | " + " | ".join(NAMES[m] for m in metrics) + " |"
+        lines += ["", "## Per seed, 3D", "", head, "|---|---|---|---|---|---|---|"]
+        for name in VARIANTS:
+            for r in study["3d"]["per_seed"]:
+                v = r["variants"][name]
+                for key in ("saliency_variance", "fused", "noise_control", "predictive_variance"):
+                    d = v["maps"][key]
+                    lines.append(f"| {name} | {r['seed']} | {v['dice']:.4f} | {key} | "
+                                 + " | ".join(f"{d[m]:.5f}" if d[m] is not None else "–" for m in metrics) + " |")
+    return lines
 
 
 def verdict_lines(study: dict[str, Any]) -> list[str]:
