@@ -142,10 +142,29 @@ def binned_curve(w: np.ndarray, err: np.ndarray, bins: int = 10) -> tuple[list[f
     return [float(w[c].mean()) for c in chunks], [float(err[c].mean()) for c in chunks]
 
 
+def score_model(net: TUNEPP, cfg: TuneppConfig, test_cases: list[Any]) -> dict[str, Any]:
+    """Held-out Dice and the per-block rho table of a trained network (module docstring)."""
+    from tunepp_deploy.metrics.overlap import dice_per_class
+
+    tables = [token_table(net, c.image, c.label, cfg.data.crop_size) for c in test_cases]
+    dice = [float(np.nanmean(dice_per_class(t["_pred"]["pred"], c.label, cfg.data.num_classes)))
+            for t, c in zip(tables, test_cases, strict=True)]
+    blocks = score_tables(tables)
+    finest = "dec0.0" if "dec0.0" in blocks else sorted(blocks)[-1]
+    name = next(n for n in tables[0] if n != "_pred" and block_label(n) == finest)
+    curve = binned_curve(np.concatenate([t[name]["w"] for t in tables]),
+                         np.concatenate([t[name]["err"] for t in tables]))
+    fin = [b for b in blocks.values() if not math.isnan(b["rho_gate"])]
+    return {"heldout_dice": float(np.mean(dice)),
+            "rho_gate_mean": float(np.mean([b["rho_gate"] for b in fin])) if fin else float("nan"),
+            "rho_ref_mean": float(np.mean([b["rho_ref"] for b in blocks.values()])),
+            "finest_block": finest, "rho_gate_finest": blocks[finest]["rho_gate"],
+            "rho_ref_finest": blocks[finest]["rho_ref"], "curve_finest": curve, "blocks": blocks}
+
+
 def run_one(base: TuneppConfig, gate: str, seed: int, data: Path, test_cases: list[Any], work: Path,
             epochs: int, iters: int, console: Any = None) -> dict[str, Any]:
     """Train one (gate, seed) run into ``work`` and score it on the loaded held-out cases."""
-    from tunepp_deploy.metrics.overlap import dice_per_class
     from tunepp_deploy.train.checkpoint import load_weights, read_checkpoint
     from tunepp_deploy.train.trainer import train
 
@@ -159,22 +178,52 @@ def run_one(base: TuneppConfig, gate: str, seed: int, data: Path, test_cases: li
     train_cpu = time.process_time() - cpu0
     net = build_network(cfg)
     load_weights(net, read_checkpoint(work / "last.pt"), str(work / "last.pt"))
-    tables = [token_table(net, c.image, c.label, cfg.data.crop_size) for c in test_cases]
-    dice = [float(np.nanmean(dice_per_class(t["_pred"]["pred"], c.label, cfg.data.num_classes)))
-            for t, c in zip(tables, test_cases, strict=True)]
-    blocks = score_tables(tables)
-    finest = "dec0.0" if "dec0.0" in blocks else sorted(blocks)[-1]
-    name = next(n for n in tables[0] if n != "_pred" and block_label(n) == finest)
-    curve = binned_curve(np.concatenate([t[name]["w"] for t in tables]),
-                         np.concatenate([t[name]["err"] for t in tables]))
-    fin = [b for b in blocks.values() if not math.isnan(b["rho_gate"])]
+    scored = score_model(net, cfg, test_cases)
     return {"gate": gate, "seed": seed, "steps": epochs * iters, "train_cpu_s": round(train_cpu, 1),
             "total_cpu_s": round(time.process_time() - cpu0, 1), "wall_s": round(time.perf_counter() - wall0, 1),
-            "val_dice": res.best_dice, "heldout_dice": float(np.mean(dice)),
-            "rho_gate_mean": float(np.mean([b["rho_gate"] for b in fin])) if fin else float("nan"),
-            "rho_ref_mean": float(np.mean([b["rho_ref"] for b in blocks.values()])),
-            "finest_block": finest, "rho_gate_finest": blocks[finest]["rho_gate"],
-            "rho_ref_finest": blocks[finest]["rho_ref"], "curve_finest": curve, "blocks": blocks}
+            "val_dice": res.best_dice, **scored}
+
+
+def score_checkpoints(paths: Sequence[Path], out: Path, test_cases: int = 3, test_seed: int = 9000,
+                      log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score existing checkpoints (e.g. the ``last.pt`` of runs stopped early) on fresh held-out phantoms.
+
+    Gate, seed and schedule come from each checkpoint's config; ``steps`` is the epochs it finished.
+    """
+    from tunepp_deploy.data.dataset import load_case
+    from tunepp_deploy.data.layout import find_cases
+    from tunepp_deploy.data.phantom import write_phantom_dataset
+    from tunepp_deploy.train.checkpoint import checkpoint_config, load_weights, read_checkpoint
+
+    runs: list[dict[str, Any]] = []
+    cfgs: list[TuneppConfig] = []
+    with tempfile.TemporaryDirectory(prefix="tunepp_gate_") as tmp:
+        held = write_phantom_dataset(Path(tmp) / "test", test_cases, seed=test_seed)
+        cases: list[Any] | None = None
+        for p in paths:
+            ckpt = read_checkpoint(p)
+            cfg = checkpoint_config(ckpt, str(p))
+            if cases is None:
+                cases = [load_case(c, cfg.data) for c in find_cases(held, cfg.data.layout)]
+            net = build_network(cfg)
+            load_weights(net, ckpt, str(p))
+            cpu0 = time.process_time()
+            scored = score_model(net, cfg, cases)
+            r = {"gate": cfg.model.gate, "seed": cfg.train.seed, "checkpoint": str(p),
+                 "steps": int(ckpt["epoch"]) * cfg.train.iters_per_epoch,
+                 "scheduled_steps": cfg.train.epochs * cfg.train.iters_per_epoch,
+                 "score_cpu_s": round(time.process_time() - cpu0, 1), **scored}
+            runs.append(r)
+            cfgs.append(cfg)
+            log(f"{r['gate']} seed {r['seed']} ({r['steps']} steps): held-out Dice {r['heldout_dice']:.3f}; "
+                f"rho mean {r['rho_gate_mean']:.3f}, {r['finest_block']} {r['rho_gate_finest']:.3f} "
+                f"(softmax ref {r['rho_ref_finest']:.3f})")
+    c0 = cfgs[0]
+    result = {"config": c0.name, "crop": list(c0.data.crop_size), "epochs": c0.train.epochs,
+              "iters_per_epoch": c0.train.iters_per_epoch, "test_cases": test_cases, "test_seed": test_seed,
+              "threads": torch.get_num_threads(), "runs": runs, "summary": summarise(runs)}
+    write_result(result, out)
+    return result
 
 
 def ci95(values: Sequence[float]) -> list[float]:
@@ -197,7 +246,8 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not rs:
             continue
         keys = ("rho_gate_mean", "rho_ref_mean", "rho_gate_finest", "rho_ref_finest", "heldout_dice", "val_dice")
-        entry: dict[str, Any] = {"seeds": [r["seed"] for r in rs], **{k: ci95([r[k] for r in rs]) for k in keys}}
+        entry: dict[str, Any] = {"seeds": [r["seed"] for r in rs],
+                                 **{k: ci95([r[k] for r in rs]) for k in keys if all(k in r for r in rs)}}
         entry["blocks"] = {b: {k: ci95([r["blocks"][b][k] for r in rs]) for k in ("rho_gate", "rho_ref", "w_mean",
                                                                              "w_min", "w_max")}
                            for b in rs[0]["blocks"]}
@@ -296,10 +346,13 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--merge", type=Path, nargs="+", help="only merge these partial tupa_gate.json files into --out")
+    ap.add_argument("--score", type=Path, nargs="+", help="only score these checkpoints (no training)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.merge:
         merge_results(a.merge, a.out)
+    elif a.score:
+        score_checkpoints(a.score, a.out)
     else:
         run_experiment(a.out, a.seeds, a.gates, a.epochs, a.iters)
 
@@ -318,6 +371,8 @@ __all__ = [
     "recording_gates",
     "run_experiment",
     "run_one",
+    "score_checkpoints",
+    "score_model",
     "score_tables",
     "summarise",
     "token_table",
