@@ -37,6 +37,14 @@ def _one_line(e: pytest.ExceptionInfo) -> str:
     return msg
 
 
+def _conv_precisions(runner, windows: int = 1, rows: int = 2) -> set[str]:
+    """Runtime precisions of the compiled model's convolutions, as OpenVINO's runtime graph reports them:
+    what actually executes, independent of the hint property the runner sets."""
+    rt = runner.compiled(windows, rows).get_runtime_model()
+    infos = [op.get_rt_info() for op in rt.get_ordered_ops()]
+    return {i["runtimePrecision"].astype(str) for i in infos if "Convolution" in i["layerType"].astype(str)}
+
+
 def _bf16_cpu() -> bool:
     import openvino as ov
 
@@ -128,6 +136,7 @@ def test_f32_pinned_by_default_although_the_plugin_defaults_to_bf16(ov_runner, n
     import openvino as ov
 
     assert ov_runner.precision == "fp32" and ov_runner.precision_hint(1, 2) == "f32"
+    assert _conv_precisions(ov_runner) == {"f32"}
     for windows, rows in list(ov_runner._compiled):  # every shape compiled so far carries the pin
         assert ov_runner.precision_hint(windows, rows) == "f32"
     if _bf16_cpu():  # the pin is load-bearing here: without it this CPU runs the graph in bf16
@@ -147,6 +156,7 @@ def test_bf16_only_when_asked(onnx_file: Path, ov_runner) -> None:
     rows = sample_masks(meta.sites, meta.window, 2, seed=0).rows(range(2), 1)
     with open_runner(onnx_file, backend="openvino", device="cpu", threads=2, precision="bf16") as bf:
         assert bf.precision_hint(1, 2) == "bf16" and "bf16" in bf.describe()
+        assert "bf16" in _conv_precisions(bf)
         diff = float((bf(x, rows)[0] - ov_runner(x, rows)[0]).abs().max())
     assert diff > 1e-3  # bf16 really computes differently (f32 vs torch is ~1e-5): not a no-op hint
 
@@ -191,9 +201,10 @@ def test_refuses_a_graph_without_the_mask_inputs(tmp_path: Path, onnx_file: Path
         assert "graph inputs ['x']" in msg and "mask_dec1" in msg
 
 
-def _reshape_graph(meta, out: Path) -> Path:
+def _reshape_graph(meta, out: Path, qdq: bool = False) -> Path:
     """The contract's inputs and outputs around a ``Reshape`` to ``[-1, 3, *window]``: it opens like an
-    export and fails inside the backend on a one-window call (as ``tests/reliability/corpus.contract_graph``)."""
+    export and fails inside the backend on a one-window call (as ``tests/reliability/corpus.contract_graph``).
+    ``qdq``: ``log_var`` goes through a QuantizeLinear/DequantizeLinear pair (a Q/DQ-quantized graph)."""
     from onnx import TensorProto, helper
 
     win = list(meta.window)
@@ -203,8 +214,14 @@ def _reshape_graph(meta, out: Path) -> Path:
                                                                                strict=True)]
     shape = helper.make_tensor("shape", TensorProto.INT64, [5], [-1, 3, *win])
     nodes = [helper.make_node("Reshape", ["x", "shape"], ["logits"]), helper.make_node("Identity", ["x"], ["log_var"])]
+    inits = [shape]
+    if qdq:
+        inits += [helper.make_tensor("scale", TensorProto.FLOAT, [], [0.05]),
+                  helper.make_tensor("zero", TensorProto.INT8, [], [0])]
+        nodes[1:] = [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["xq"]),
+                     helper.make_node("DequantizeLinear", ["xq", "scale", "zero"], ["log_var"])]
     graph = helper.make_graph(nodes, "g", inputs, [vi("logits", ["R", "K", *win]), vi("log_var", ["R", 1, *win])],
-                              initializer=[shape])
+                              initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     helper.set_model_props(model, meta.to_props())
@@ -221,6 +238,21 @@ def test_backend_error_during_a_call_is_one_line_runtime_error(tmp_path: Path, o
             r(x, [torch.ones(s.mask_shape(meta.window, 1)) for s in meta.sites])
     msg = _one_line(e)
     assert msg.startswith("OpenVINO:") and "divide" in msg  # OpenVINO's sentence, not its C++ location
+
+
+@needs_ov
+def test_int8_only_for_a_quantized_graph(tmp_path: Path, onnx_file: Path) -> None:
+    _, meta = read_onnx_meta(onnx_file)
+    with pytest.raises(TuneppError) as e:
+        open_runner(_reshape_graph(meta, tmp_path / "plain.onnx"), backend="openvino", device="cpu", precision="int8")
+    assert "Q/DQ" in _one_line(e)
+    path = _reshape_graph(meta, tmp_path / "qdq.onnx", qdq=True)
+    with open_runner(path, backend="openvino", device="cpu", precision="int8") as r:
+        # int8 comes from the Q/DQ nodes; the float ops around them keep the f32 pin
+        assert "int8" in r.describe() and r.precision_hint(3, 3) == "f32"
+        x = torch.rand(3, meta.in_channels, *meta.window, generator=torch.Generator().manual_seed(0))
+        logits, log_var = r(x, [torch.ones(s.mask_shape(meta.window, 3)) for s in meta.sites])
+    assert tuple(logits.shape) == (1, 3, *meta.window) and tuple(log_var.shape) == tuple(x.shape)
 
 
 @needs_ov
@@ -289,3 +321,4 @@ def test_cli_auto_says_openvino_and_matches_ort(tmp_path: Path, onnx_file: Path,
     for kind in ("aleatoric", "epistemic", "total"):
         a, b = (nib.load(str(o / f"case_a_{kind}.nii.gz")).get_fdata() for o in outs.values())
         assert np.abs(a - b).max() <= MAP_TOL, kind
+
