@@ -71,7 +71,7 @@ def test_ort_error_during_a_call_is_one_line_runtime_error(tmp_path: Path, tiny_
     msg = str(info.value)
     assert msg.startswith("ONNX Runtime:") and "\n" not in msg
     out = tmp_path / "out"
-    res = _infer(scan, out, model)
+    res = cli("infer", "-i", scan, "-o", out, "-m", model, *FAST, "--backend", "ort")
     assert res.exit_code in (1, 2), res.output  # a failed case of a folder: 1; the only scan given: 2
     assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
     assert "Traceback" not in res.stderr and "ONNX Runtime" in res.output

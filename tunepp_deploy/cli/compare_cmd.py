@@ -32,8 +32,9 @@ def compare(
     patience: Annotated[int, typer.Option(min=0, help="Head early stopping: validations without improvement "
                                                       "(0: off).")] = 5,
     val_every: Annotated[int, typer.Option(min=1, help="Head early stopping: validate every N iterations.")] = 20,
-    saliency_target: Annotated[str, typer.Option(help="Grad-CAM layer: 'bottleneck' or a module name "
-                                                      "(e.g. decoder.1).")] = "bottleneck",
+    saliency_target: Annotated[str, typer.Option(help="Grad-CAM layer: 'last_conv' (after every dropout "
+                                                      "site, the seed's set-up), 'bottleneck' (before them: "
+                                                      "degenerate variance) or a module name.")] = "last_conv",
     fusion_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="w of w norm(V_pred) + (1-w) norm(V_sal).")]
     = 0.5,
     repeats: Annotated[int, typer.Option(min=1, help="Latency repeats (median).")] = 3,

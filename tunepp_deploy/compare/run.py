@@ -37,7 +37,7 @@ from tunepp_deploy.config.schema import TuneppConfig
 from tunepp_deploy.data.dataset import LoadedCase, load_case, split_cases
 from tunepp_deploy.data.layout import find_cases
 from tunepp_deploy.methods.saliency.fusion import DEFAULT_FUSION_WEIGHT
-from tunepp_deploy.methods.saliency.gradcam import BOTTLENECK, resolve_target
+from tunepp_deploy.methods.saliency.gradcam import DEFAULT_TARGET, resolve_target
 from tunepp_deploy.model import build_network
 
 
@@ -48,7 +48,7 @@ class CompareSettings:
     samples: int = 10
     repeats: int = 3
     models: ModelRequest = field(default_factory=ModelRequest)
-    saliency_target: str = BOTTLENECK
+    saliency_target: str = DEFAULT_TARGET
     fusion_weight: float = DEFAULT_FUSION_WEIGHT
 
 

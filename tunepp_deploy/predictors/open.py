@@ -27,7 +27,7 @@ def open_predictor(
     amp: bool = True,
     cuda_graphs: bool = False,
     temperature: bool = True,
-    saliency_target: str = "bottleneck",
+    saliency_target: str = "last_conv",
     compile: bool = False,
 ) -> Predictor:
     """Open ``model`` as the predictor of its method (module docstring); the caller closes it.
