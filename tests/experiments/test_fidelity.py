@@ -123,5 +123,9 @@ def test_tiny_end_to_end_run(tmp_path: Path) -> None:
     assert body["aggregate"]["component"]["det_dice"][2] == 2  # two seeds
     again = run_fidelity(tmp_path / "fid", s)  # everything exists: resumes without redoing work
     assert again["aggregate"]["none"]["det_dice"] == body["aggregate"]["none"]["det_dice"]
+    stamp = (tmp_path / "fid" / "runs" / "seed0" / "none" / "cases.json").stat().st_mtime_ns
+    more = run_fidelity(tmp_path / "fid", FidelitySettings(**{**s.__dict__, "variants": ("dt",)}))
+    assert set(more["aggregate"]) == {"none", "component", "dt"}  # a variant added, the others kept
+    assert (tmp_path / "fid" / "runs" / "seed0" / "none" / "cases.json").stat().st_mtime_ns == stamp
     with pytest.raises(TuneppError, match="other settings"):
         run_fidelity(tmp_path / "fid", FidelitySettings(**{**s.__dict__, "samples": 3}))

@@ -240,6 +240,7 @@ def run_fidelity(out: str | Path, s: FidelitySettings | None = None, console: Co
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     settings_file = root / "settings.json"
+    asked = s.variants  # what this call runs; the summary covers every variant of the folder
     mine = json.loads(json.dumps(asdict(s), default=str))
     if settings_file.is_file():  # variants may be added to an experiment and the worker count changed
         theirs = json.loads(settings_file.read_text())
@@ -259,7 +260,7 @@ def run_fidelity(out: str | Path, s: FidelitySettings | None = None, console: Co
         os.environ[var] = "1"  # inherited by the spawned workers: one thread each
     timings: dict[str, Any] = {}
     errors: dict[str, str] = {}
-    total = s.seeds * (1 + len(s.variants))
+    total = s.seeds * (1 + len(asked))
     with ProcessPoolExecutor(s.jobs, mp_context=get_context("spawn"), initializer=_init_worker) as pool, \
             Progress(TextColumn("[bold]fidelity"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                      console=console) as prog:
@@ -278,10 +279,10 @@ def run_fidelity(out: str | Path, s: FidelitySettings | None = None, console: Co
                     errors[key] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                     prog.console.print(f"[red]{key}: failed: {errors[key]}")
                     if what == "base":
-                        prog.advance(bar, len(s.variants))
+                        prog.advance(bar, len(asked))
                 prog.advance(bar)
                 if what == "base" and key not in errors:
-                    for v in s.variants:
+                    for v in asked:
                         pending[pool.submit(task_variant, root, s, seed, v)] = (seed, v)
     seconds = time.perf_counter() - t0
     return write_summary(root, s, timings, errors, seconds)
