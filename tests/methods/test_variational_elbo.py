@@ -230,3 +230,47 @@ def test_study_gradient_probe_kl_part_is_the_closed_form(tiny_cfg, tiny_cases) -
     nv = len(tiny_cases) * tiny_cases[0].label.size
     assert g["kl"] == pytest.approx(0.5 * (1 - math.exp(-3.0)) / nv, rel=1e-5)
     assert g["data"] > 0 and g["ratio_kl_to_data"] == pytest.approx(g["kl"] / g["data"])
+
+
+def test_validation_uncertainty_against_a_direct_computation(tiny_cfg, tiny_cases) -> None:
+    """A case exactly one window large: the scores equal those computed directly from the S sampled
+    softmaxes (entropy by hand, AUROC by scikit-learn, Dice by counting)."""
+    from scipy import ndimage
+    from sklearn.metrics import roc_auc_score
+
+    from tunepp_deploy.data.dataset import LoadedCase
+    from tunepp_deploy.methods.variational import sample_weight_noise
+    from tunepp_deploy.methods.variational.validate import validation_uncertainty
+
+    torch.manual_seed(0)
+    net = build_variational("unet", 1, 5, (4, 8)).eval()
+    net.init_log_var(-2.0)  # wide enough for the samples to disagree
+    w = tuple(tiny_cfg.window)
+    src = tiny_cases[0]
+    case = LoadedCase("w", src.image[: w[0], : w[1], : w[2]].copy(), src.label[: w[0], : w[1], : w[2]].copy())
+    res = validation_uncertainty(net, tiny_cfg, [case], samples=3, seed=4, near=1)
+    noise = sample_weight_noise(net.noise_shapes(), 3, 4)
+    x = torch.from_numpy(case.image.astype(np.float32))[None, None]
+    with torch.no_grad():
+        p = np.stack([torch.softmax(net(x, noise.sample(s)), 1)[0].double().numpy() for s in range(3)])
+    ent = lambda q: -(q * np.log(np.clip(q, 1e-12, None))).sum(0)  # noqa: E731
+    p_bar = p.mean(0)
+    h = ent(p_bar)
+    mi = np.clip(h - np.mean([ent(q) for q in p], axis=0), 0, None)
+    pred = p_bar.argmax(0)
+    fg = case.label > 0
+    assert res["fg_entropy"] == pytest.approx(h[fg].mean(), rel=1e-4)
+    assert res["fg_mutual_info"] == pytest.approx(mi[fg].mean(), rel=1e-3, abs=1e-6)
+    region = ndimage.binary_dilation(fg | (pred > 0), np.ones((3, 3, 3), bool))
+    err = (pred != case.label)[region]
+    assert res["error_rate_near_fg"] == pytest.approx(err.mean())
+    if 0 < err.sum() < err.size:
+        assert res["error_auroc_near_fg"] == pytest.approx(roc_auc_score(err, h[region]), abs=1e-6)
+    dices = []
+    for c in range(1, 5):
+        a, b = pred == c, case.label == c
+        if a.sum() + b.sum():
+            dices.append(2 * (a & b).sum() / (a.sum() + b.sum()))
+    assert res["mc_dice"] == pytest.approx(np.mean(dices))
+    with pytest.raises(TuneppError, match="samples"):
+        validation_uncertainty(net, tiny_cfg, [case], samples=0)
