@@ -36,8 +36,8 @@ import torch
 from tunepp_deploy.errors import ModelMismatchError, TuneppError
 from tunepp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAMES, ModelMeta
 from tunepp_deploy.infer.runners.base import Runner
+from tunepp_deploy.infer.runners.contract import check_io_names
 from tunepp_deploy.infer.runners.graph import one_line
-from tunepp_deploy.infer.runners.ort_runner import expected_io
 
 #: Precisions the runner accepts (the project's spelling, as ``tunepp bench --precision``); ``f32`` is an alias.
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -101,15 +101,9 @@ def check_model_io(model: Any, meta: ModelMeta, where: str) -> None:
     run deterministically and give zero epistemic maps, silently), the outputs present, ranks and
     element type float32. One line, before the first window.
     """
-    want_in, want_out = expected_io(meta)
     got_in = {p.get_any_name(): p for p in model.inputs}
     got_out = {name: p for p in model.outputs for name in p.get_names()}
-    if set(got_in) != set(want_in):
-        raise ModelMismatchError(f"{where}: graph inputs {sorted(got_in)} are not the tunepp contract's "
-                                 f"{sorted(want_in)} (a foreign graph with tunepp metadata?)")
-    missing = [n for n in want_out if n not in got_out]
-    if missing:
-        raise ModelMismatchError(f"{where}: graph has no outputs {missing} (it has {sorted(got_out)})")
+    want_in, want_out = check_io_names(where, meta, got_in, got_out)
     for kind, want, got in (("input", want_in, got_in), ("output", want_out, got_out)):
         for name, rank in want.items():
             port = got[name]

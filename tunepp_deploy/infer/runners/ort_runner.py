@@ -18,6 +18,7 @@ import torch
 from tunepp_deploy.errors import ModelMismatchError, TuneppError
 from tunepp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAMES, ModelMeta
 from tunepp_deploy.infer.runners.base import Runner
+from tunepp_deploy.infer.runners.contract import check_io_names, expected_io
 from tunepp_deploy.infer.runners.graph import one_line
 
 
@@ -47,14 +48,6 @@ def make_session(model: str | bytes, device: torch.device, threads: int | None =
         raise TuneppError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0][:200]}") from None
 
 
-def expected_io(meta: ModelMeta) -> tuple[dict[str, int], dict[str, int]]:
-    """``({input: rank}, {output: rank})`` of the graph contract :mod:`tunepp_deploy.export.onnx_export`
-    writes for ``meta``: ``x`` rank 5, each mask its site's mask rank, ``logits`` / ``log_var`` rank 5."""
-    inputs = {INPUT_NAME: 5, **{n: len(s.mask_shape(meta.window, 1)) for n, s in zip(meta.mask_names, meta.sites,
-                                                                                    strict=True)}}
-    return inputs, {n: 5 for n in OUTPUT_NAMES}
-
-
 def check_session_io(session: ort.InferenceSession, meta: ModelMeta, where: str) -> None:
     """Refuse a graph that carries tunepp metadata but not the contract's inputs and outputs.
 
@@ -62,15 +55,9 @@ def check_session_io(session: ort.InferenceSession, meta: ModelMeta, where: str)
     ONNX Runtime on the first window (``InvalidArgument``), after the case was loaded and planned. Names
     must match exactly, ranks where the graph declares them, element type float32.
     """
-    want_in, want_out = expected_io(meta)
     got_in = {i.name: i for i in session.get_inputs()}
     got_out = {o.name: o for o in session.get_outputs()}
-    if set(got_in) != set(want_in):
-        raise ModelMismatchError(f"{where}: graph inputs {sorted(got_in)} are not the tunepp contract's "
-                                 f"{sorted(want_in)} (a foreign graph with tunepp metadata?)")
-    missing = [n for n in want_out if n not in got_out]
-    if missing:
-        raise ModelMismatchError(f"{where}: graph has no outputs {missing} (it has {sorted(got_out)})")
+    want_in, want_out = check_io_names(where, meta, got_in, got_out)
     for kind, want, got in (("input", want_in, got_in), ("output", want_out, got_out)):
         for name, rank in want.items():
             arg = got[name]
