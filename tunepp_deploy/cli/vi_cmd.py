@@ -43,6 +43,13 @@ def train_vi(
     = 0,
     log_var_init: Annotated[float, typer.Option(help="Initial log sigma^2 of the weights (the seed: -5).")]
     = -10.0,
+    objective: Annotated[str, typer.Option(help="ELBO data term: dice (0.01 CE + 0.99 Dice, the seed's) or nll "
+                                                "(the categorical likelihood of Bayes by Backprop).")] = "dice",
+    kl_warmup: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fraction of iters over which the KL weight "
+                                                                    "rises from 0 to 1.")] = 0.0,
+    log_var_lr_scale: Annotated[float, typer.Option(min=1e-3, help="Adam lr of log sigma^2 = lr x this (1: one lr "
+                                                                   "for all, sigma then stays at its init).")]
+    = 10.0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing vi_<arch>.pt.")] = False,
 ) -> None:
     """Train a variational (Bayesian-weight) U-Net / V-Net / FCN with the ELBO; reports validation Dice."""
@@ -52,10 +59,13 @@ def train_vi(
 
     if kl_scale not in ("voxel", "seed"):
         raise TuneppError(f"unknown --kl-scale '{kl_scale}' (use voxel or seed)")
+    if objective not in ("dice", "nll"):
+        raise TuneppError(f"unknown --objective '{objective}' (use dice or nll)")
     cfg = load_config(config)
     settings = VariationalSettings(arch=arch, widths=_widths(widths), iters=iters, batch=batch, seed=seed,
                                    kl_scale=kl_scale, lr=lr, decay_every=decay_every,
-                                   log_var_init=log_var_init)  # type: ignore[arg-type]
+                                   log_var_init=log_var_init, objective=objective, kl_warmup=kl_warmup,
+                                   log_var_lr_scale=log_var_lr_scale)  # type: ignore[arg-type]
     console = Console()
     bar = Progress(TextColumn(f"[bold]vi {arch}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}  kl {task.fields[kl]:.3g}"), TimeElapsedColumn(),
