@@ -256,8 +256,10 @@ def run_fidelity(out: str | Path, s: FidelitySettings | None = None, console: Co
     t0 = time.perf_counter()
     write_data(root, s)
     console.print(f"data under {root / 'data'}; {s.seeds} seeds x {len(s.variants)} variants on {s.jobs} worker(s)")
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = "1"  # inherited by the spawned workers: one thread each
+    thread_vars = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+    saved = {v: os.environ.get(v) for v in thread_vars}
+    for var in thread_vars:
+        os.environ[var] = "1"  # inherited by the spawned workers (one thread each); restored below
     timings: dict[str, Any] = {}
     errors: dict[str, str] = {}
     total = s.seeds * (1 + len(asked))
@@ -284,6 +286,11 @@ def run_fidelity(out: str | Path, s: FidelitySettings | None = None, console: Co
                 if what == "base" and key not in errors:
                     for v in asked:
                         pending[pool.submit(task_variant, root, s, seed, v)] = (seed, v)
+    for var, val in saved.items():  # numba refuses a changed NUMBA_NUM_THREADS later in this process
+        if val is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = val
     seconds = time.perf_counter() - t0
     return write_summary(root, s, timings, errors, seconds)
 
