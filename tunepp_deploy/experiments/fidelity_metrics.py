@@ -87,6 +87,17 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     return -(p * np.log(p)).sum(0)
 
 
+def _common_metrics(truth: np.ndarray, spacing: Sequence[float], num_classes: int, seg: np.ndarray,
+                    probs: np.ndarray, rule: FailureRule) -> dict[str, Any]:
+    """What both passes report: segmentation and topology, fg ECE, the max-softmax ranking, failure."""
+    row: dict[str, Any] = segmentation_metrics(seg, truth, num_classes, spacing, rule.min_voxels)
+    fg = foreground_region(seg, truth)
+    row["ece_fg"] = reliability(probs, truth, fg).ece if fg.any() else float("nan")
+    row.update({f"{k}_msp": v for k, v in ranking_metrics(1.0 - probs.max(0), seg, truth).items()})
+    row["failed"] = rule.failed(row["dice"], row["betti_error_small_removed"])
+    return row
+
+
 def det_case_metrics(
     truth: np.ndarray,
     spacing: Sequence[float],
@@ -98,12 +109,8 @@ def det_case_metrics(
 ) -> dict[str, Any]:
     """One case's deterministic pass: segmentation and topology, fg ECE, max-softmax / entropy
     rankings; with ``prior`` also the post-processing baseline on this segmentation."""
-    row: dict[str, Any] = segmentation_metrics(seg, truth, num_classes, spacing, rule.min_voxels)
-    fg = foreground_region(seg, truth)
-    row["ece_fg"] = reliability(probs, truth, fg).ece if fg.any() else float("nan")
-    row.update({f"{k}_msp": v for k, v in ranking_metrics(1.0 - probs.max(0), seg, truth).items()})
+    row = _common_metrics(truth, spacing, num_classes, seg, probs, rule)
     row.update({f"{k}_entropy": v for k, v in ranking_metrics(entropy(probs), seg, truth).items()})
-    row["failed"] = rule.failed(row["dice"], row["betti_error_small_removed"])
     if prior is not None:
         from tunepp_deploy.postprocess.topology import topology_postprocess
 
@@ -124,13 +131,9 @@ def mc_case_metrics(
 ) -> dict[str, Any]:
     """One case's MC prediction: segmentation and topology, fg ECE, the total map's ranking (and the
     MC mean's max-softmax), the case score and the failure flag for triage / OOD."""
-    row: dict[str, Any] = segmentation_metrics(seg, truth, num_classes, spacing, rule.min_voxels)
-    fg = foreground_region(seg, truth)
-    row["ece_fg"] = reliability(probs, truth, fg).ece if fg.any() else float("nan")
+    row = _common_metrics(truth, spacing, num_classes, seg, probs, rule)
     row.update({f"{k}_total": v for k, v in ranking_metrics(total, seg, truth).items()})
-    row.update({f"{k}_msp": v for k, v in ranking_metrics(1.0 - probs.max(0), seg, truth).items()})
     row["case_score"] = case_score(total, seg)
-    row["failed"] = rule.failed(row["dice"], row["betti_error_small_removed"])
     return row
 
 

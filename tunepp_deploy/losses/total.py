@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from tunepp_deploy.config.schema import LossConfig
 from tunepp_deploy.losses.calibration import calibration_loss
-from tunepp_deploy.losses.complexity import anomaly_components, complexity_weights, structure_weights
+from tunepp_deploy.losses.complexity import anomaly_components, complexity_weights
 from tunepp_deploy.losses.dice_ce import dice_ce_loss
 from tunepp_deploy.losses.gate import gate_loss
 from tunepp_deploy.losses.hierarchical import hierarchical_loss
@@ -59,13 +59,6 @@ class TuneppLoss(nn.Module):
         """0-based epoch: the topology term starts at ``topo_warmup_epochs``."""
         self.topology_on = epoch >= self.cfg.topo_warmup_epochs
 
-    def _structure(self, labels: Tensor, structure: Tensor | np.ndarray | None) -> np.ndarray:
-        c = self.cfg
-        if structure is not None:
-            return structure.cpu().numpy() if isinstance(structure, Tensor) else np.asarray(structure)
-        lab = labels.cpu().numpy()
-        return np.stack([structure_weights(lab[i], c.w_b, c.w_j, c.topo_sigma) for i in range(lab.shape[0])])
-
     def _topology(self, logits: Tensor, labels: Tensor, structure: Tensor | np.ndarray | None) -> Tensor:
         c = self.cfg
         if c.topo_mode == "voxel":
@@ -73,16 +66,18 @@ class TuneppLoss(nn.Module):
         if c.topo_mode == "component":
             lab, pred = labels.cpu().numpy(), logits.detach().argmax(1).cpu().numpy()
             ids = np.stack([anomaly_components(lab[i], pred[i], logits.shape[1])[0] for i in range(lab.shape[0])])
-            s = torch.from_numpy(self._structure(labels, structure)).to(logits.device)
+            s = self.weight_map(labels, logits, structure, anomalies=False)
             return component_topology_loss(logits, labels, s, torch.from_numpy(ids).to(logits.device), c.w_a)
         from tunepp_deploy.losses.persistence import persistence_loss
 
         return persistence_loss(logits, labels, downsample=c.ph_downsample)
 
-    def weight_map(self, labels: Tensor, logits: Tensor, structure: Tensor | np.ndarray | None = None) -> Tensor:
-        """``W`` for the batch, on ``logits``' device; ``structure`` = precomputed ``1 + w_b B + w_j J``."""
+    def weight_map(self, labels: Tensor, logits: Tensor, structure: Tensor | np.ndarray | None = None,
+                   anomalies: bool = True) -> Tensor:
+        """``W`` for the batch, on ``logits``' device; ``structure`` = precomputed ``1 + w_b B + w_j J``;
+        ``anomalies=False``: that label part alone (the component form charges anomalies per piece)."""
         c = self.cfg
-        pred = logits.detach().argmax(1).cpu().numpy()
+        pred = logits.detach().argmax(1).cpu().numpy() if anomalies else None
         struct = None
         if structure is not None:
             struct = structure.cpu().numpy() if isinstance(structure, Tensor) else np.asarray(structure)

@@ -51,13 +51,7 @@ def resolve(cfg: TuneppConfig, opts: RunOptions | None = None) -> RunSettings:
     """``opts`` over ``cfg.infer`` (module docstring)."""
     o = opts or RunOptions()
     d = cfg.infer
-    if o.deterministic:
-        return RunSettings(samples=1, seed=d.seed if o.seed is None else int(o.seed),
-                           overlap=d.overlap if o.overlap is None else float(o.overlap),
-                           max_batch=d.max_batch if o.max_batch is None else int(o.max_batch),
-                           memory_gb=d.memory_gb if o.memory_gb is None else float(o.memory_gb),
-                           blend=o.blend, noise_draws=0, deterministic=True)
-    return RunSettings(
+    resolved = RunSettings(
         samples=d.samples if o.samples is None else int(o.samples),
         seed=d.seed if o.seed is None else int(o.seed),
         overlap=d.overlap if o.overlap is None else float(o.overlap),
@@ -66,6 +60,8 @@ def resolve(cfg: TuneppConfig, opts: RunOptions | None = None) -> RunSettings:
         blend=o.blend,
         noise_draws=DEFAULT_NOISE_DRAWS if o.noise_draws is None else int(o.noise_draws),
     )
+    # one eval-mode pass: a single sample and no logit noise, whatever was asked for those two
+    return resolved.with_(samples=1, noise_draws=0, deterministic=True) if o.deterministic else resolved
 
 
 __all__ = ["Blend", "RunOptions", "RunSettings", "resolve"]
