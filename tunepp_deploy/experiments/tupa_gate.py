@@ -295,6 +295,9 @@ def run_experiment(
         raise TuneppError(f"tupa gate experiment: unknown gate(s) {unknown}; choose from {list(GATES)}")
     base = load_config(config, {"data.crop_size": list(crop)})
     runs: list[dict[str, Any]] = []
+    settings = {"config": config, "crop": list(crop), "epochs": epochs, "iters_per_epoch": iters,
+                "train_cases": train_cases, "test_cases": test_cases, "test_seed": test_seed,
+                "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory(prefix="tunepp_gate_") as tmp:
         data = write_phantom_dataset(Path(tmp) / "train", train_cases, seed=0)
         held = write_phantom_dataset(Path(tmp) / "test", test_cases, seed=test_seed)
@@ -307,11 +310,9 @@ def run_experiment(
                 log(f"{gate} seed {seed}: {r['steps']} steps, {r['total_cpu_s']} CPU s; held-out Dice "
                     f"{r['heldout_dice']:.3f}; rho(w_t, error) mean over blocks {r['rho_gate_mean']:.3f}, "
                     f"{r['finest_block']} {r['rho_gate_finest']:.3f} (softmax ref {r['rho_ref_finest']:.3f})")
-    result = {"config": config, "crop": list(crop), "epochs": epochs, "iters_per_epoch": iters,
-              "train_cases": train_cases, "test_cases": test_cases, "test_seed": test_seed,
-              "threads": torch.get_num_threads(), "runs": runs, "summary": summarise(runs)}
-    write_result(result, out)
-    return result
+                # written after every run, so a process stopped part-way keeps the runs it finished
+                write_result({**settings, "runs": runs, "summary": summarise(runs)}, out)
+    return {**settings, "runs": runs, "summary": summarise(runs)}
 
 
 def write_result(result: dict[str, Any], out: Path) -> None:
@@ -345,6 +346,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--crop", type=int, nargs=3, default=[32, 32, 32])
+    ap.add_argument("--train-cases", type=int, default=6)
+    ap.add_argument("--test-cases", type=int, default=3)
     ap.add_argument("--merge", type=Path, nargs="+", help="only merge these partial tupa_gate.json files into --out")
     ap.add_argument("--score", type=Path, nargs="+", help="only score these checkpoints (no training)")
     a = ap.parse_args()
@@ -354,7 +358,8 @@ def main() -> None:
     elif a.score:
         score_checkpoints(a.score, a.out)
     else:
-        run_experiment(a.out, a.seeds, a.gates, a.epochs, a.iters)
+        run_experiment(a.out, a.seeds, a.gates, a.epochs, a.iters, crop=a.crop, train_cases=a.train_cases,
+                       test_cases=a.test_cases)
 
 
 if __name__ == "__main__":
