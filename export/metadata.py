@@ -7,7 +7,8 @@ Netron) in the exported file means ``tunepp infer --model model.onnx`` needs not
 file exported from another config — or a plain ONNX graph — is recognised and refused in one line.
 
 Keys (all prefixed ``tunepp.``): ``format``, ``version``, ``config`` (JSON), ``classes``,
-``spacing``, ``intensity``, ``window``, ``dropout_sites``, ``inputs``, ``outputs``.
+``spacing``, ``intensity``, ``window``, ``dropout_sites``, ``inputs``, ``outputs``; a quantized graph
+(``tunepp export int8``) adds ``quantization`` (:data:`QUANT_KEY`, JSON), absent from float exports.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ EXPORT_FORMAT = 1
 PREFIX = "tunepp."
 INPUT_NAME = "x"
 OUTPUT_NAMES = ("logits", "log_var")
+#: Present only in int8 Q/DQ graphs: a JSON record of how they were quantized (:func:`quantization_record`).
+QUANT_KEY = PREFIX + "quantization"
 
 
 def mask_input_name(site: DropoutSite) -> str:
@@ -150,6 +153,24 @@ def _positions(cfg: TuneppConfig) -> list[str]:
     return ["bottleneck", *(f"dec{i}" for i in range(L - 2, -1, -1)), "head"]
 
 
+def quantization_record(**fields: object) -> dict[str, object]:
+    """The :data:`QUANT_KEY` record of an int8 Q/DQ graph: format and types fixed, ``fields`` from the exporter."""
+    return {"format": "onnx-qdq", "weights": "int8 per-channel (symmetric)", "activations": "int8 (static)",
+            **fields}
+
+
+def quantization_of(props: Mapping[str, str]) -> dict[str, object] | None:
+    """The quantization record in a graph's metadata props, None for a float graph (or an unreadable record)."""
+    raw = props.get(QUANT_KEY)
+    if raw is None:
+        return None
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def meta_for(net: TUNEPP, cfg: TuneppConfig, window: Int3 | None = None) -> ModelMeta:
     """The metadata of ``net`` built from ``cfg``, for windows of ``window`` (default: the config's)."""
     win = tuple(int(w) for w in (window or cfg.window))
@@ -157,4 +178,5 @@ def meta_for(net: TUNEPP, cfg: TuneppConfig, window: Int3 | None = None) -> Mode
     return ModelMeta(cfg, win, tuple(net.dropout_sites()))  # type: ignore[arg-type]
 
 
-__all__ = ["EXPORT_FORMAT", "INPUT_NAME", "OUTPUT_NAMES", "PREFIX", "ModelMeta", "mask_input_name", "meta_for"]
+__all__ = ["EXPORT_FORMAT", "INPUT_NAME", "OUTPUT_NAMES", "PREFIX", "QUANT_KEY", "ModelMeta", "mask_input_name",
+           "meta_for", "quantization_of", "quantization_record"]
