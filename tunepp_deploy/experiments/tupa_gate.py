@@ -252,7 +252,24 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                                                                              "w_min", "w_max")}
                            for b in rs[0]["blocks"]}
         out[gate] = entry
+    paired = paired_difference(runs)
+    if paired:
+        out["paired_supervised_minus_learned"] = paired
     return out
+
+
+PAIRED_KEYS = ("rho_gate_mean", "rho_gate_finest", "heldout_dice")
+
+
+def paired_difference(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Supervised minus learned, per seed both gates ran, mean +- 95% CI: seeds share the data order
+    and the initialisation of everything but the gate, so the paired interval is the tighter test."""
+    by = {(r["gate"], r["seed"]): r for r in runs}
+    seeds = sorted({s for g, s in by if g == "supervised" and ("learned", s) in by})
+    if not seeds:
+        return {}
+    diffs = {k: [by[("supervised", s)][k] - by[("learned", s)][k] for s in seeds] for k in PAIRED_KEYS}
+    return {"seeds": seeds, **{k: ci95(v) for k, v in diffs.items()}, "per_seed": diffs}
 
 
 def plot(runs: Sequence[dict[str, Any]], path: Path) -> None:
@@ -372,6 +389,7 @@ __all__ = [
     "block_label",
     "ci95",
     "merge_results",
+    "paired_difference",
     "plot",
     "recording_gates",
     "run_experiment",
