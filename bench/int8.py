@@ -105,6 +105,19 @@ def time_calls(runners: dict[str, Runner], x: torch.Tensor, masks: Sequence[torc
             for k, v in times.items()}
 
 
+def conv_precisions(runner: Runner, rows: int) -> dict[str, int]:
+    """Runtime precision -> count of OpenVINO's executed convolution layers for a 1 x ``rows`` call: what
+    actually runs (``I8``/``U8`` = int8 kernels), independent of the hint the runner sets."""
+    rt = runner.compiled(1, rows).get_runtime_model()  # type: ignore[attr-defined]
+    counts: dict[str, int] = {}
+    for op in rt.get_ordered_ops():
+        info = op.get_rt_info()
+        if "Convolution" in info["layerType"].astype(str):
+            prec = info["runtimePrecision"].astype(str)
+            counts[prec] = counts.get(prec, 0) + 1
+    return counts
+
+
 def _maps(result) -> dict[str, np.ndarray]:
     m = result.maps
     out = {name: getattr(m, name) for name in MAPS}
@@ -189,6 +202,14 @@ def run(fp32: Path, int8: dict[str, Path], data: Path, threads: int, samples: in
     torch.set_num_threads(threads)  # the engine's torch-side work (softmax, stitching) uses the same count
     _, meta = read_onnx_meta(fp32)
     runners = open_runners(fp32, int8, threads, openvino, bf16)
+    failed = {}
+    for k in [k for k in runners if k.startswith("openvino/")]:
+        try:  # compile the call's static shape now: a graph OpenVINO cannot compile is recorded, not fatal
+            runners[k].compiled(1, samples)  # type: ignore[attr-defined]
+        except RuntimeError as e:
+            failed[k] = str(e)[:300]
+            log(f"  {k}: {failed[k]}")
+            del runners[k]
     scan = scan_paths(data)[0]
     vol = preprocess_for_model(scan, meta)
     x = torch.from_numpy(np.ascontiguousarray(vol[(slice(None), *(slice(0, w) for w in meta.window))]))[None]
@@ -207,6 +228,9 @@ def run(fp32: Path, int8: dict[str, Path], data: Path, threads: int, samples: in
     unknown = set(accuracy_on or ()) - set(runners)
     if unknown:
         raise TuneppError(f"--accuracy-on: no runner {sorted(unknown)} (have {sorted(runners)})")
+    executed = {k: conv_precisions(r, samples) for k, r in runners.items() if k.startswith("openvino/")}
+    for k, v in executed.items():
+        log(f"  {k}: convolutions run at {v}")
     acc = accuracy(chosen, meta, data, samples, seed, log, cases)
     versions = {"onnxruntime": __import__("onnxruntime").__version__, "torch": torch.__version__}
     if openvino:
@@ -223,6 +247,8 @@ def run(fp32: Path, int8: dict[str, Path], data: Path, threads: int, samples: in
         "int8": {k: str(v) for k, v in int8.items()},
         "quantization": quant,
         "runners": {k: r.describe() for k, r in runners.items()},
+        "openvino_conv_runtime_precisions": executed,
+        "openvino_compile_failures": failed,
         "speed": {"call": f"1 window x {samples} rows", "warmup": warmup, "repeats": repeats, "per_runner": speed,
                   "ratios": ratios},
         "accuracy": acc,

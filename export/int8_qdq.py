@@ -22,8 +22,11 @@ Choices (measured on a trained phantom model in ``docs/results/int8.md``):
   stays stochastic: the masks are still multiplied in at full precision) and the probabilities are
   computed from float logits. ``op_types=None`` quantizes every op ONNX Runtime's QDQ quantizer knows,
   for comparison.
-* **Asymmetric int8 activations by default**; ``symmetric=True`` forces zero points of 0 (what
-  TensorRT's int8 requires).
+* **Symmetric int8 activations (zero point 0) by default**: what TensorRT's int8 requires, and the
+  only kind OpenVINO 2026.4's CPU plugin compiled on the phantom network — with asymmetric
+  activations it fails at compile time (``Check 'any_of(scale.size(), OC, 1U)' failed at
+  dnnl_postops_composer.cpp``). ``symmetric=False`` (asymmetric, ONNX Runtime only) is kept to measure
+  what the zero points would buy.
 
 The file carries the exporter's metadata plus :data:`~tunepp_deploy.export.metadata.QUANT_KEY` (a JSON
 record: format, weight/activation types, calibration folder, windows, mask draw, method, quantized op
@@ -165,7 +168,7 @@ def quantize_qdq(
     method: str = "minmax",
     masks: MaskDraw = "drawn",
     op_types: Sequence[str] | None = HEAVY_OPS,
-    symmetric: bool = False,
+    symmetric: bool = True,
     batch: int = 4,
 ) -> Int8ExportResult:
     """Write ``onnx_out``: ``onnx_in`` (a ``tunepp export onnx`` file) quantized to int8 Q/DQ (module docstring)."""

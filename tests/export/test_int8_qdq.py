@@ -5,6 +5,7 @@ checked against torch) within stated tolerances; bad calibration folders are one
 from __future__ import annotations
 
 import json
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,7 @@ def test_graph_is_qdq_with_float_mask_inputs_and_metadata(tiny) -> None:
     props = {p.key: p.value for p in model.metadata_props}
     rec = quantization_of(props)
     assert rec is not None and rec["windows"] == 16 and rec["masks"] == "drawn" and rec["format"] == "onnx-qdq"
+    assert rec["symmetric"] is True  # the default: what TensorRT needs and OpenVINO compiles
     assert quantization_of({p.key: p.value for p in onnx.load(str(fp32)).metadata_props}) is None
     assert json.loads(props[QUANT_KEY])["op_types"] == ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 
@@ -173,3 +175,22 @@ def test_quantized_input_and_bad_output_name_refused(tiny, tmp_path: Path) -> No
     _, _, fp32, _, _ = tiny
     assert ".onnx" in _one_line_error(_cli(["--model", str(fp32), "--calib", str(calib),
                                             "--out", str(tmp_path / "q.bin")]))
+
+
+@pytest.mark.skipif(find_spec("openvino") is None, reason="openvino is not installed: pip install "
+                    "'tunepp-deploy[openvino]'")
+def test_openvino_runs_the_default_graph_in_int8(tiny) -> None:
+    from tunepp_deploy.infer.runners.openvino_runner import OpenVinoRunner
+
+    _, meta, fp32, calib, out = tiny
+    feeds = _feeds(meta, calib, seed=7)
+    runner = OpenVinoRunner(str(out), read_onnx_meta(out)[1], torch.device("cpu"), threads=1, precision="int8")
+    rt = runner.compiled(1, 4).get_runtime_model()
+    convs = {op.get_rt_info()["runtimePrecision"].astype(str) for op in rt.get_ordered_ops()
+             if "Convolution" in op.get_rt_info()["layerType"].astype(str)}
+    assert convs == {"i8"}, convs  # int8 kernels, not a float fallback
+    logits, _ = runner(torch.from_numpy(feeds["x"]), [torch.from_numpy(feeds[n]) for n in meta.mask_names])
+    got = torch.softmax(logits, 1).numpy()
+    ref = _probs(fp32, feeds)
+    assert np.abs(got - ref).mean() < PROB_MEAN_TOL
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= LABEL_AGREEMENT

@@ -27,8 +27,9 @@ def int8(
     all_ops: Annotated[bool, typer.Option("--all-ops", help="Quantize every op ONNX Runtime can (default: only "
                                                             "Conv/ConvTranspose/MatMul/Gemm; masks, norms and "
                                                             "softmax stay float).")] = False,
-    symmetric: Annotated[bool, typer.Option(help="Symmetric activations (zero point 0, as TensorRT's int8 "
-                                                 "needs).")] = False,
+    symmetric: Annotated[bool, typer.Option(help="Symmetric activations (zero point 0): what TensorRT needs and "
+                                                 "OpenVINO compiles; --no-symmetric (zero points) runs on ONNX "
+                                                 "Runtime only.")] = True,
     batch: Annotated[int, typer.Option(min=1, help="Windows per calibration run.")] = 4,
 ) -> None:
     """Quantize the float graph to static int8 (Q/DQ, per-channel weights) for OpenVINO / TensorRT 11; the mask
