@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -198,9 +199,13 @@ def quantize_qdq(
     extra = {"ActivationSymmetric": bool(symmetric), "WeightSymmetric": True}
     with tempfile.TemporaryDirectory(prefix="tunepp_int8_") as tmp:
         q_path = Path(tmp) / "model_int8_qdq.onnx"
+        # quantize a private copy: onnxruntime 1.32 writes <input>-inferred.onnx next to its input (and deletes
+        # it), which would touch the user's folder and collide between two quantizations of one file
+        src_copy = Path(tmp) / "model_fp32.onnx"
+        shutil.copyfile(src, src_copy)
         try:
             with _quiet_quantizer():
-                quantize_static(str(src), str(q_path), _reader(feeds, batch), quant_format=QuantFormat.QDQ,
+                quantize_static(str(src_copy), str(q_path), _reader(feeds, batch), quant_format=QuantFormat.QDQ,
                                 op_types_to_quantize=None if op_types is None else list(op_types), per_channel=True,
                                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=cal,
                                 extra_options=extra, calibration_providers=["CPUExecutionProvider"])

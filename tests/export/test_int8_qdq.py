@@ -194,3 +194,22 @@ def test_openvino_runs_the_default_graph_in_int8(tiny) -> None:
     ref = _probs(fp32, feeds)
     assert np.abs(got - ref).mean() < PROB_MEAN_TOL
     assert (got.argmax(1) == ref.argmax(1)).mean() >= LABEL_AGREEMENT
+
+
+def test_source_folder_untouched_and_write_is_whole(tiny, tmp_path: Path) -> None:
+    import shutil
+
+    from tunepp_deploy.export.int8_qdq import quantize_qdq
+
+    _, _, fp32, calib, out = tiny
+    src_dir = tmp_path / "src"
+    src_dir.mkdir()
+    src = src_dir / "model.onnx"
+    shutil.copyfile(fp32, src)
+    dst = tmp_path / "dst" / "q.onnx"
+    res = quantize_qdq(src, calib, dst)
+    assert sorted(p.name for p in src_dir.iterdir()) == ["model.onnx"]  # no -inferred.onnx left or written there
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["q.onnx"]  # no temporary file left next to it
+    assert res.path == dst and res.windows == 16
+    # deterministic: the same inputs give the same graph as the CLI's
+    assert onnx.load(str(dst)).graph == onnx.load(str(out)).graph
