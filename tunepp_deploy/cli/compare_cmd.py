@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from tunepp_deploy.cli.errors import user_errors
 
+if TYPE_CHECKING:
+    from tunepp_deploy.compare.run import CompareSettings
+
 
 @user_errors
 def compare(
-    data: Annotated[Path, typer.Option(help="Phantom dataset folder (tunepp data phantom).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (compare.md/json/png, models).")],
+    data: Annotated[Path | None, typer.Option(help="Phantom dataset folder (tunepp data phantom); not with "
+                                                   "--seeds, which draws the phantoms per seed.")] = None,
     config: Annotated[Path, typer.Option("--config", "-c", help="Config of the split, crops and windows.")]
     = Path("configs/phantom.yaml"),
     epochs: Annotated[int, typer.Option(min=1, help="TUNE++ training epochs; the SegWithU head gets at most as "
@@ -38,6 +42,12 @@ def compare(
     fusion_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="w of w norm(V_pred) + (1-w) norm(V_sal).")]
     = 0.5,
     repeats: Annotated[int, typer.Option(min=1, help="Latency repeats (median).")] = 3,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds, e.g. 0,1,2: one comparison per seed "
+                                                   "in OUT/seed_<s>/ (phantom data seed and train/infer seeds = "
+                                                   "s; finished seeds are skipped), then OUT/compare_seeds.md/"
+                                                   "json with mean +- 95% t-interval.")] = None,
+    phantoms: Annotated[int, typer.Option(min=2, help="With --seeds: phantoms drawn per seed.")] = 24,
+    phantom_shape: Annotated[str, typer.Option(help="With --seeds: phantom shape D,H,W.")] = "64,64,48",
 ) -> None:
     """Train/load TUNE++ MC, saliency fusion, SegWithU and a variational net on one split; one table, one plot."""
     from tunepp_deploy.compare.models import ModelRequest
@@ -46,13 +56,37 @@ def compare(
     from tunepp_deploy.config import load_config
     from tunepp_deploy.errors import DataError
 
-    if not data.is_dir():
-        raise DataError(f"{data}: dataset folder not found")
     console = Console()
     req = ModelRequest(backbone, head, vi, epochs, head_iters, vi_iters, vi_arch, patience, val_every)
-    res = run_compare(load_config(config), data, out,
-                      CompareSettings(samples, repeats, req, saliency_target, fusion_weight), console)
+    settings = CompareSettings(samples, repeats, req, saliency_target, fusion_weight)
+    if seeds is not None:
+        _compare_seeds(config, out, seeds, data, phantoms, phantom_shape, settings, console)
+        return
+    if data is None or not data.is_dir():
+        raise DataError(f"{data}: dataset folder not found (pass --data, or --seeds to draw phantoms per seed)")
+    res = run_compare(load_config(config), data, out, settings, console)
     for p in write_report(res, out):
         console.print(f"wrote [bold]{p}[/]")
     m = res["models"]
     console.print(f"rerun without training: --backbone {m['backbone']} --head {m['head']} --vi {m['vi']}")
+
+
+def _compare_seeds(config: Path, out: Path, seeds: str, data: Path | None, phantoms: int, shape: str,
+                   settings: CompareSettings, console: Console) -> None:
+    """``--seeds``: per-seed comparisons and their summary (:mod:`tunepp_deploy.compare.seeds`)."""
+    from tunepp_deploy.compare.seeds import parse_seeds, run_seeds
+    from tunepp_deploy.errors import TuneppError
+
+    if data is not None:
+        raise TuneppError("--seeds draws the phantoms of each seed itself; drop --data")
+    if settings.models.backbone or settings.models.head or settings.models.vi:
+        raise TuneppError("--seeds trains every model per seed; drop --backbone / --head / --vi")
+    try:
+        dims = tuple(int(x) for x in shape.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 8:
+        raise TuneppError(f"--phantom-shape {shape!r}: expected three integers >= 8 like 64,64,48")
+    run_seeds(config, out, parse_seeds(seeds), phantoms, (dims[0], dims[1], dims[2]), settings, console)
+    for name in ("compare_seeds.json", "compare_seeds.md"):
+        console.print(f"wrote [bold]{out / name}[/]")
