@@ -10,7 +10,8 @@ from rich.console import Console
 
 from tunepp_deploy.cli.errors import user_errors
 
-app = typer.Typer(help="Export a checkpoint to ONNX, or an ONNX file to a TensorRT engine.", no_args_is_help=True)
+app = typer.Typer(help="Export a checkpoint to ONNX, an ONNX file to a TensorRT engine or a Triton model "
+                  "repository.", no_args_is_help=True)
 
 
 @app.command("onnx")
@@ -49,3 +50,27 @@ def trt(
                        samples=samples, workspace_gb=workspace_gb, timing_cache=timing_cache)
     Console().print(f"wrote [bold]{res.engine}[/] and {res.sidecar.name} in {res.seconds:.0f} s "
                     f"(TensorRT {res.info.tensorrt_version}, sm {res.info.compute_capability}, {res.info.precision})")
+
+
+@app.command("triton")
+@user_errors
+def triton(
+    model: Annotated[Path, typer.Option("--model", "-m", help="ONNX file from `tunepp export onnx` (TUNE++, masks as "
+                                                              "inputs).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model repository folder to write.")],
+    samples: Annotated[int, typer.Option(min=1, help="MC samples the tunepp_mc model draws per window.")] = 25,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Most windows per tunepp_mc batch (dynamic "
+                                                            "batching joins requests up to this).")] = 8,
+    noise_draws: Annotated[int, typer.Option(min=0, help="Logit-noise draws per sample (as `tunepp infer "
+                                                         "--noise-draws`).")] = 8,
+    threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime intra-op threads in tunepp_mc (0: ORT's "
+                                                     "default).")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out folder.")] = False,
+) -> None:
+    """A Triton Inference Server model repository: the graph for the ONNX Runtime and TensorRT backends (masks
+    as inputs) and a Python-backend model that draws the masks from a request seed and returns mean probabilities
+    and uncertainty maps per window (docs/triton.md)."""
+    from tunepp_deploy.export.triton_repo import write_repository
+
+    Console().print(write_repository(model, out, samples=samples, max_batch_size=max_batch_size,
+                                     noise_draws=noise_draws, threads=threads, force=force).summary)
