@@ -26,7 +26,13 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP)
+# The Triton round-trip test needs nvidia-pytriton's bundled tritonserver; --no-deps because the
+# wheel pins numpy<2 (we only run its server binary; docs/triton.md). Test-only, not in the demo.
+$(VENV)/.triton: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps nvidia-pytriton==0.7.0
+	touch $(VENV)/.triton
+
+test: $(STAMP) $(VENV)/.triton
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
