@@ -212,12 +212,18 @@ def seed_config(config: Path, seed: int) -> dict[str, Any]:
 def run_seeds(config: Path, out: Path, seeds: Sequence[int], phantoms: int, shape: tuple[int, int, int],
               settings: CompareSettings, console: Console) -> dict[str, Any]:
     """Run the comparison once per seed (skipping finished seeds, module docstring), then summarise."""
+    import torch
+
     from tunepp_deploy.compare.report import write_report
     from tunepp_deploy.compare.run import run_compare
     from tunepp_deploy.config.load import config_from_dict
     from tunepp_deploy.data.phantom import write_phantom_dataset
 
     wanted = {s: seed_config(config, s) for s in seeds}  # a bad config fails before any seed runs
+    # Something a comparison runs leaves torch's intra-op thread count changed (measured: 1 -> 2 after
+    # one seed in the same process), so each seed starts from the count the process started with and
+    # every seed's table is measured, and recorded, with the same threads.
+    threads = torch.get_num_threads()
     for s in seeds:
         d = seed_dir(out, s)
         cfg_file = d / "config.yaml"
@@ -234,9 +240,11 @@ def run_seeds(config: Path, out: Path, seeds: Sequence[int], phantoms: int, shap
         cfg_text = yaml.safe_dump(wanted[s])
         write_atomic(cfg_file, lambda t, text=cfg_text: t.write_text(text))
         console.print(f"[bold]seed {s}[/]: tunepp compare -> {d}")
+        torch.set_num_threads(threads)
         res = run_compare(config_from_dict(wanted[s], str(cfg_file)), data, d, settings, console)
         res["seed"] = s
         write_report(res, d)
+    torch.set_num_threads(threads)
     summary = summarise_dir(out, seeds)
     write_seeds_report(summary, out)
     return summary
