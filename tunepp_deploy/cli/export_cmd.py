@@ -1,4 +1,4 @@
-"""``tunepp export onnx|trt``: thin wrappers over :mod:`tunepp_deploy.export`."""
+"""``tunepp export onnx|trt|int8|triton``: thin wrappers over :mod:`tunepp_deploy.export`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import typer
 from rich.console import Console
 
 from tunepp_deploy.cli.errors import user_errors
+from tunepp_deploy.cli.export_int8_cmd import int8
 
-app = typer.Typer(help="Export a checkpoint to ONNX, an ONNX file to a TensorRT engine or a Triton model "
-                  "repository.", no_args_is_help=True)
+app = typer.Typer(help="Export a checkpoint to ONNX, an ONNX file to a TensorRT engine, a Q/DQ INT8 ONNX or a "
+                  "Triton model repository.", no_args_is_help=True)
+app.command("int8")(int8)
 
 
 @app.command("onnx")
