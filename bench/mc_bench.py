@@ -50,20 +50,24 @@ from tunepp_deploy.infer.runners.load import model_kind, read_onnx_meta, resolve
 from tunepp_deploy.infer.sliding_window import count_windows
 from tunepp_deploy.model.network import TUNEPP, build_network
 
+from .conv_floor import measure_conv_floor
 from .floor import WindowFlops, measure_matmul_gflops, peak_dtype, window_flops
-from .probes import ReuseOffRunner, RssSampler, spread, synchronize
+from .machine import read_cpu_facts
+from .probes import ReuseOffRunner, RssSampler, minor_faults, spread, synchronize
 from .workload import STAGES, EagerForward, RunResult, Scan, make_scan, preprocessed_shape, run_engine, run_naive
 
 #: Relative to the working directory, like the other commands' ``configs/phantom.yaml`` defaults.
 REPO_CONFIGS = Path("configs")
-BACKENDS = ("torch", "ort", "trt")
+BACKENDS = ("torch", "ort", "openvino", "trt")
 PRECISIONS = ("fp32", "fp16", "int8")
 GPU_DEFAULTS = ("synapse.yaml", (240, 240, 160))
 CPU_DEFAULTS = ("phantom.yaml", (64, 64, 48))
 #: Published figures of the seed (A100, other hardware): whole-volume seconds.
 PUBLISHED_A100 = {"single_s": 1.1, "mc25_s": 2.8, "source": "TUNE++ seed README (A100)"}
 #: CPU targets of issue 6 (figures to report, not tests).
-TARGETS = {"batched_vs_loop": 3.0, "ort_vs_torch_single": 1.3}
+TARGETS = {"batched_vs_loop": 3.0, "ort_vs_torch_single": 1.3,
+           # issue 14's acceptance: the default CPU backend (auto -> OpenVINO for ONNX) vs the seed's loop
+           "naive_over_openvino_fp32": 3.0, "alt_naive_over_openvino_fp32": 3.0}
 #: What each entry records of the engine's run (the predictor's report info, and the FLOP counts).
 INFO_FIELDS = ("sample_chunk", "sample_chunks", "trunk", "noise_draws", "trunk_windows", "head_rows")
 
@@ -88,6 +92,8 @@ class BenchSettings:
     baselines: bool = True
     max_batch: int | None = None  # windows per runner call (default: the config's infer.max_batch)
     memory_gb: float | None = None  # the engine's memory budget (default: the config's infer.memory_gb)
+    alternate: int = 0  # rounds of naive / engine S_ref timed alternately (A/B/A/B) per backend
+    conv_floor: bool = True  # time the network's own conv shapes (the second floor)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -175,6 +181,18 @@ def skip_reason(backend: str, precision: str, device: torch.device, model: Loade
         if precision == "int8":
             return "no int8 path for eager torch (int8 runs through TensorRT)"
         return None
+    if backend == "openvino":
+        if device.type != "cpu":
+            return "the OpenVINO runner runs on the CPU"
+        from tunepp_deploy.infer.runners.openvino_runner import openvino_version
+
+        if openvino_version() is None:
+            return "openvino is not installed (pip install 'tunepp-deploy[openvino]')"
+        if precision != "fp32":
+            return "the bench runs OpenVINO in f32 (pinned); int8 needs a Q/DQ graph (bench/int8.py)"
+        if model.net is None and model.kind != "onnx":
+            return "no ONNX graph for OpenVINO"
+        return None
     if backend == "ort":
         if precision != "fp32":
             return "the exported graph is fp32; reduced precision runs through TensorRT"
@@ -201,6 +219,11 @@ def open_bench_runner(backend: str, precision: str, device: torch.device, model:
 
         graph = str(model.path) if model.kind == "onnx" else onnx_bytes(model)
         return OrtRunner(graph, model.meta, device, threads)
+    if backend == "openvino":
+        from tunepp_deploy.infer.runners.openvino_runner import OpenVinoRunner
+
+        graph = str(model.path) if model.kind == "onnx" else onnx_bytes(model)
+        return OpenVinoRunner(graph, model.meta, device, threads, precision)
     from tunepp_deploy.infer.runners.trt_runner import TrtRunner
 
     if model.kind == "engine":
@@ -242,10 +265,21 @@ def build_trt_engine(model: LoadedModel, precision: str, mc: MCSettings, samples
     return res.engine
 
 
+def warm_up(fn: Callable[[], RunResult], runs: int) -> None:
+    """Untimed runs of one configuration right before it is timed.
+
+    Why per configuration: the first timed configuration of a process used to absorb one-off costs
+    (thread pools, oneDNN primitive creation for new shapes, allocator growth), so the seed's bench
+    read a single torch pass at 7.53 s where the same pass took 1.51 s later in the same process.
+    Every configuration has its own shapes, so each gets its own warm-up (the tests spy on this).
+    """
+    for _ in range(runs):
+        fn()
+
+
 def _measure(fn: Callable[[], RunResult], warmup: int, repeats: int, device: torch.device) -> dict[str, Any]:
     """Warm up, then time ``repeats`` runs under the RSS sampler and CUDA peak-memory counter."""
-    for _ in range(warmup):
-        fn()
+    warm_up(fn, warmup)
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -253,9 +287,9 @@ def _measure(fn: Callable[[], RunResult], warmup: int, repeats: int, device: tor
     faults: list[int] = []
     with RssSampler() as rss:
         for _ in range(repeats):
-            f0 = _minor_faults()
+            f0 = minor_faults()
             runs.append(fn())
-            faults.append(_minor_faults() - f0)
+            faults.append(minor_faults() - f0)
     last = runs[-1]
     totals = [r.total for r in runs]
     stages = {st: spread([r.stages[st] for r in runs])["median"] for st in STAGES}
@@ -268,9 +302,11 @@ def _measure(fn: Callable[[], RunResult], warmup: int, repeats: int, device: tor
         # the engine's non-network share (issue 14: under 10% of MC-25); medians of the stages
         "stitch_uncertainty_s": stages["stitching"] + stages["uncertainty"],
         "stitch_uncertainty_share": (stages["stitching"] + stages["uncertainty"]) / engine if engine else None,
-        # minor page faults (ru_minflt) of a whole timed run, median; per call: divided by the runner calls
+        # minor page faults (ru_minflt) of a whole timed run, median; per call: those inside the runner
+        # calls (trunk + head) of the last run, divided by its calls
         "minor_faults_per_run": fault_median,
-        "minor_faults_per_call": fault_median / max(1, last.calls),
+        "minor_faults_per_call": last.info.get("call_faults", 0) / max(1, last.calls),
+        "minor_faults_outside_calls_per_run": max(0, faults[-1] - last.info.get("call_faults", 0)),
         "windows": last.windows,
         "runner_calls": last.calls,
         "windows_per_call": last.windows_per_call,
@@ -284,20 +320,12 @@ def _measure(fn: Callable[[], RunResult], warmup: int, repeats: int, device: tor
     }
 
 
-def _minor_faults() -> int:
-    """This process's minor page faults so far (0 where ``resource`` is missing, i.e. Windows)."""
-    try:
-        import resource
-    except ImportError:
-        return 0
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
-
-
 def _entry(kind: str, backend: str, precision: str, samples: int, runner: str, m: dict[str, Any],
-           flops: WindowFlops, peak: float) -> dict[str, Any]:
+           flops: WindowFlops, peak: float, conv_rate: float | None = None) -> dict[str, Any]:
     med = m["latency_s"]["median"]
     gflops = flops.counted_gflops(m["trunk_windows"], m["head_rows"])
     floor = gflops / peak
+    conv_floor = gflops / conv_rate if conv_rate else None
     return {
         "key": f"{kind}/{backend}/{precision}/S{samples}",
         "kind": kind, "backend": backend, "precision": precision, "samples": samples, "runner": runner,
@@ -307,11 +335,14 @@ def _entry(kind: str, backend: str, precision: str, samples: int, runner: str, m
         "gflops": gflops, "floor_s": floor, "peak_gflops_per_s": peak,
         "measured_over_floor": med / floor if floor else None,
         "network_over_floor": m["stages_s"]["network"] / floor if floor else None,
+        "conv_floor_s": conv_floor, "conv_rate_gflops_per_s": conv_rate,
+        "measured_over_conv_floor": med / conv_floor if conv_floor else None,
+        "network_over_conv_floor": m["stages_s"]["network"] / conv_floor if conv_floor else None,
     }
 
 
 def _ratio(name: str, num: dict[str, Any] | None, den: dict[str, Any] | None, meaning: str,
-           stage: str | None = None) -> dict[str, Any] | None:
+           stage: str | None = None, threads: int | None = None) -> dict[str, Any] | None:
     """``num / den`` of two entries' median latencies (or of one stage's medians, e.g. ``network``)."""
     if num is None or den is None:
         return None
@@ -320,11 +351,17 @@ def _ratio(name: str, num: dict[str, Any] | None, den: dict[str, Any] | None, me
     else:
         a, b = num["stages_s"][stage], den["stages_s"][stage]
     out = {"name": name, "value": a / b, "numerator": num["key"], "denominator": den["key"],
-           "numerator_s": a, "denominator_s": b, "of": stage or "latency", "meaning": meaning}
+           "numerator_s": a, "denominator_s": b, "of": stage or "latency", "threads": threads,
+           "meaning": f"{meaning} ({threads_text(threads)})"}
     if name in TARGETS:
         out["target"] = TARGETS[name]
         out["met"] = a / b >= TARGETS[name]
     return out
+
+
+def threads_text(threads: int | None) -> str:
+    """How a headline names its threads: a ratio without them was how a 2-thread figure got quoted as general."""
+    return f"{threads} thread{'s' if threads != 1 else ''}" if threads else "threads unknown"
 
 
 def machine_info(device: torch.device, threads: int | None) -> dict[str, Any]:
@@ -343,12 +380,17 @@ def machine_info(device: torch.device, threads: int | None) -> dict[str, Any]:
         "device": str(device),
         "loadavg_start": list(os.getloadavg()),
     }
-    with contextlib.suppress(Exception):
-        cpu = Path("/proc/cpuinfo").read_text()
-        info["cpu_model"] = next(ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("model name"))
+    facts = read_cpu_facts()
+    info["cpu"] = facts.to_dict()
+    info["cpu_model"] = facts.model_name
+    info["cpu_summary"] = facts.summary()
+    info["threads_used"] = torch.get_num_threads()
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
+    from tunepp_deploy.infer.runners.openvino_runner import openvino_version
+
+    info["openvino"] = openvino_version()
     with contextlib.suppress(ImportError):
         import tensorrt
 
@@ -394,6 +436,13 @@ def run_mc_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[s
             rates[peak_dtype(p, device)] = measure_matmul_gflops(device, peak_dtype(p, device))
     peaks = {p: rates[peak_dtype(p, device)] for p in s.precisions}
     log("measured matmul peak: " + ", ".join(f"{p} {g:.1f} GFLOP/s" for p, g in peaks.items()))
+    conv = (measure_conv_floor(flop_net, meta.window, meta.in_channels, device, batches=(1, max(2, mc.max_batch)))
+            if s.conv_floor else None)
+    conv_rate = conv.rate_gflops_per_s if conv and device.type == "cpu" else None  # CPU: fp32 everywhere
+    if conv:
+        log(f"measured conv rate (the network's {conv.distinct_shapes} conv shapes): {conv.rate_gflops_per_s:.1f} "
+            f"GFLOP/s, {conv.conv_seconds_per_window:.3f} s of convs per window")
+    threads = torch.get_num_threads()
     pre = None
     entries: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
@@ -404,7 +453,7 @@ def run_mc_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[s
                fn: Callable[[], RunResult]) -> dict[str, Any]:
         log(f"  {kind} {backend} {precision} S={samples} ...")
         m = _measure(fn, s.warmup, s.repeats, device)
-        e = _entry(kind, backend, precision, samples, runner, m, flops, peaks[precision])
+        e = _entry(kind, backend, precision, samples, runner, m, flops, peaks[precision], conv_rate)
         if samples == s_ref and kind in ("mc", "reuse_off", "naive"):
             last: RunResult = m["_result"]
             kept[e["key"]] = {"mean_probs": last.mean_probs.cpu(), **{k: v.cpu() for k, v in last.maps.items()}}
@@ -412,6 +461,8 @@ def run_mc_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[s
         log(f"    {e['latency_s']['median']:.3f} s (min {e['latency_s']['min']:.3f}, max {e['latency_s']['max']:.3f})")
         return e
 
+    alternated: list[dict[str, Any]] = []
+    fwd = EagerForward(model.net, meta, device) if model.net is not None and meta.sites else None
     with tempfile.TemporaryDirectory(prefix="tunepp_bench_") as tmpdir:
         for backend in s.backends:
             for precision in s.precisions:
@@ -447,18 +498,28 @@ def run_mc_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[s
                         off = ReuseOffRunner(runner)
                         record("reuse_off", backend, precision, s_ref, off.describe(),
                                lambda r=off, m=masks, c=mcn: run_engine(r, scan, m, c))
-        if s.baselines and model.net is not None and meta.sites:
+                    if s.alternate and fwd is not None:
+                        masks = sample_masks(meta.sites, meta.window, s_ref, mc.seed)
+                        mcn = MCSettings(s_ref, mc.seed, mc.overlap, mc.max_batch, mc.memory_gb)
+                        log(f"  alternate naive / mc {backend} {precision} S={s_ref} x {s.alternate} ...")
+                        alternated.append(alternate_ratio(
+                            f"alt_naive_over_{backend}_{precision}",
+                            lambda m=masks, c=mcn: run_naive(fwd, scan, m, c),  # type: ignore[arg-type]
+                            lambda r=runner, m=masks, c=mcn: run_engine(r, scan, m, c),
+                            s.alternate, threads,
+                            f"seed's {s_ref}-pass eager loop / engine on {backend} {precision}, timed A/B/A/B"))
+                        log(f"    {alternated[-1]['value']:.2f}x (per-round ratios {alternated[-1]['round_ratios']})")
+        if s.baselines and fwd is not None:
             masks = sample_masks(meta.sites, meta.window, s_ref, mc.seed)
             mcn = MCSettings(s_ref, mc.seed, mc.overlap, mc.max_batch, mc.memory_gb)
-            fwd = EagerForward(model.net, meta, device)
             record("naive", "torch", "fp32", s_ref, "torch eager model.forward, one sample per pass (seed loop)",
-                   lambda: run_naive(fwd, scan, masks, mcn))
+                   lambda: run_naive(fwd, scan, masks, mcn))  # type: ignore[arg-type]
         elif s.baselines:
             skipped.append({"backend": "torch", "precision": "fp32", "reason": "naive loop needs a torch network "
                             "with dropout sites"})
 
     by_key = {e["key"]: e for e in entries}
-    ratios = compute_ratios(by_key, s.backends, s.precisions, s_ref)
+    ratios = compute_ratios(by_key, s.backends, s.precisions, s_ref, threads) + alternated
     checks = compute_checks(kept, s_ref)
     machine["loadavg_end"] = list(os.getloadavg())
     result = {
@@ -479,6 +540,8 @@ def run_mc_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict[s
                   f"ideal_trunk_reuse_speedup_S{s_ref}": flops.ideal_speedup(s_ref)},
         "peak_gflops_per_s": {p: {"value": g, "how": f"measured {str(peak_dtype(p, device))[6:]} torch.mm on {device}"}
                               for p, g in peaks.items()},
+        "conv_floor": conv.to_dict() if conv else None,
+        "threads": threads,
         "published": PUBLISHED_A100,
         "stages": list(STAGES),
         "entries": entries,
@@ -518,34 +581,60 @@ def compute_checks(kept: dict[str, dict[str, torch.Tensor]], s_ref: int) -> dict
     return checks
 
 
+def alternate_ratio(name: str, fn_a: Callable[[], RunResult], fn_b: Callable[[], RunResult], rounds: int,
+                    threads: int | None, meaning: str) -> dict[str, Any]:
+    """``A / B`` timed alternately (A, B, A, B, ...) after one warm-up of each: drift of a shared machine's
+    load hits both sides of every round alike. The value is the median of the per-round ratios."""
+    warm_up(fn_a, 1)
+    warm_up(fn_b, 1)
+    ta, tb = [], []
+    for _ in range(rounds):
+        ta.append(fn_a().total)
+        tb.append(fn_b().total)
+    per = [a / b for a, b in zip(ta, tb, strict=True)]
+    out = {"name": name, "value": float(np.median(per)), "numerator": "naive (alternated)",
+            "denominator": name.removeprefix("alt_naive_over_") + " (alternated)",
+            "numerator_s": float(np.median(ta)), "denominator_s": float(np.median(tb)), "of": "latency",
+            "threads": threads, "round_ratios": [round(x, 3) for x in per], "numerator_runs_s": ta,
+            "denominator_runs_s": tb, "meaning": f"{meaning} ({threads_text(threads)})"}
+    if name in TARGETS:
+        out["target"] = TARGETS[name]
+        out["met"] = out["value"] >= TARGETS[name]
+    return out
+
+
 def compute_ratios(by_key: dict[str, dict[str, Any]], backends: Sequence[str], precisions: Sequence[str],
-                   s_ref: int) -> list[dict[str, Any]]:
-    """Every ratio the report quotes, each from two recorded medians."""
+                   s_ref: int, threads: int | None = None) -> list[dict[str, Any]]:
+    """Every ratio the report quotes, each from two recorded medians of this process, threads stated."""
+
+    def ratio(*args: Any, **kw: Any) -> dict[str, Any] | None:
+        return _ratio(*args, threads=threads, **kw)
+
     out = [
-        _ratio("batched_vs_loop", by_key.get(f"naive/torch/fp32/S{s_ref}"), by_key.get(f"mc/torch/fp32/S{s_ref}"),
+        ratio("batched_vs_loop", by_key.get(f"naive/torch/fp32/S{s_ref}"), by_key.get(f"mc/torch/fp32/S{s_ref}"),
                f"seed's {s_ref}-pass eager loop / engine (torch fp32, batched, trunk reuse); > 1: engine faster"),
-        _ratio("ort_vs_torch_single", by_key.get("single/torch/fp32/S1"), by_key.get("single/ort/fp32/S1"),
+        ratio("ort_vs_torch_single", by_key.get("single/torch/fp32/S1"), by_key.get("single/ort/fp32/S1"),
                "torch eager single pass / ONNX Runtime single pass (fp32); > 1: ORT faster"),
-        _ratio("ort_vs_torch_single_network", by_key.get("single/torch/fp32/S1"), by_key.get("single/ort/fp32/S1"),
+        ratio("ort_vs_torch_single_network", by_key.get("single/torch/fp32/S1"), by_key.get("single/ort/fp32/S1"),
                "the same, network stage only (the other stages are the same code on both)", stage="network"),
-        _ratio("batched_vs_loop_network", by_key.get(f"naive/torch/fp32/S{s_ref}"),
+        ratio("batched_vs_loop_network", by_key.get(f"naive/torch/fp32/S{s_ref}"),
                by_key.get(f"mc/torch/fp32/S{s_ref}"), "batched_vs_loop, network stage only", stage="network"),
     ]
     for b in backends:
         for p in precisions:
-            out.append(_ratio(f"trunk_reuse_{b}_{p}", by_key.get(f"reuse_off/{b}/{p}/S{s_ref}"),
+            out.append(ratio(f"trunk_reuse_{b}_{p}", by_key.get(f"reuse_off/{b}/{p}/S{s_ref}"),
                               by_key.get(f"mc/{b}/{p}/S{s_ref}"),
                               f"trunk reuse off / on at S={s_ref}, both batched ({b} {p}); > 1: reuse saves"))
-            out.append(_ratio(f"mc{s_ref}_over_single_{b}_{p}", by_key.get(f"mc/{b}/{p}/S{s_ref}"),
+            out.append(ratio(f"mc{s_ref}_over_single_{b}_{p}", by_key.get(f"mc/{b}/{p}/S{s_ref}"),
                               by_key.get(f"single/{b}/{p}/S1"),
                               f"cost of {s_ref} MC samples in single passes ({b} {p}); the seed's A100: 2.8/1.1"))
             if (b, p) == ("torch", "fp32"):
                 continue  # that one is batched_vs_loop
-            out.append(_ratio(f"naive_over_{b}_{p}", by_key.get(f"naive/torch/fp32/S{s_ref}"),
+            out.append(ratio(f"naive_over_{b}_{p}", by_key.get(f"naive/torch/fp32/S{s_ref}"),
                               by_key.get(f"mc/{b}/{p}/S{s_ref}"),
                               f"seed's eager loop (torch fp32) / engine on {b} {p} at S={s_ref}"))
     return [r for r in out if r is not None]
 
 
-__all__ = ["BACKENDS", "PRECISIONS", "PUBLISHED_A100", "BenchSettings", "compute_checks", "compute_ratios",
-           "run_mc_bench"]
+__all__ = ["BACKENDS", "PRECISIONS", "PUBLISHED_A100", "BenchSettings", "alternate_ratio", "compute_checks",
+           "compute_ratios", "run_mc_bench", "threads_text", "warm_up"]

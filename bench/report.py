@@ -34,6 +34,8 @@ def _rows(result: dict[str, Any]) -> list[list[str]]:
             f"{_fmt(lat['min'])}-{_fmt(lat['max'])}", *(_fmt(st[s]) for s in result["stages"]),
             f"{e['windows_per_s']:.2f}", f"{e['peak_rss_mb']:.0f}",
             _fmt(e["peak_device_mb"], 0), _fmt(e["measured_over_floor"], 1),
+            _fmt(e.get("measured_over_conv_floor"), 1), _fmt(e.get("minor_faults_per_call"), 0),
+            _fmt(e.get("stitch_uncertainty_share"), 3),
         ])
     return rows
 
@@ -41,7 +43,7 @@ def _rows(result: dict[str, Any]) -> list[list[str]]:
 def _header(result: dict[str, Any]) -> list[str]:
     return ["kind", "backend", "prec", "S", "chunk", "trunk", "median s", "min-max s", *result["stages"], "win/s",
             "peak RSS MB",
-            "peak dev MB", "measured/floor"]
+            "peak dev MB", "measured/floor", "measured/conv floor", "faults/call", "stitch+unc share"]
 
 
 def rich_table(result: dict[str, Any]) -> Table:
@@ -65,12 +67,21 @@ def markdown(result: dict[str, Any]) -> str:
     """``bench.md``: settings, machine and load, the table, ratios, floor and the published row."""
     m, st, fl = result["machine"], result["settings"], result["flops"]
     peaks = ", ".join(f"{p} {v['value']:.1f} GFLOP/s" for p, v in result["peak_gflops_per_s"].items())
+    threads = result.get("threads", m.get("torch_threads"))
+    conv = result.get("conv_floor")
+    conv_line = (f"Second floor: the network's own {conv['distinct_shapes']} distinct conv shapes ({conv['layers']} "
+                 f"convs) timed with torch conv3d at batch 1: {conv['conv_seconds_per_window']:.3f} s per window for "
+                 f"{conv['conv_gflops_per_window']:.3f} GFLOPs = {conv['rate_gflops_per_s']:.1f} GFLOP/s; "
+                 "measured/conv floor = median latency / (counted FLOPs / that rate)." if conv else
+                 "Second floor: not measured (--no-conv-floor).")
     lines = [
         "# MC inference benchmark",
         "",
-        f"Machine: {m.get('cpu_model', m['processor'])}, {m['cpu_count']} CPUs, {m['memory_gb']:.0f} GB"
+        f"Machine (read from /proc/cpuinfo): {m.get('cpu_summary', m.get('cpu_model', m['processor']))}, "
+        f"{m['cpu_count']} CPUs, {m['memory_gb']:.0f} GB"
         + (f", GPU {m['gpu']}" if m.get("gpu") else "") + f"; device `{m['device']}`; torch {m['torch']} "
         f"({m['torch_threads']} threads), onnxruntime {m['onnxruntime']}"
+        + (f", OpenVINO {m['openvino']}" if m.get("openvino") else "")
         + (f", TensorRT {m['tensorrt']}" if m.get("tensorrt") else "") + ".",
         f"Load average (1/5/15 min) at start {'/'.join(f'{x:.2f}' for x in m['loadavg_start'])}, at end "
         f"{'/'.join(f'{x:.2f}' for x in m['loadavg_end'])} — the machine is shared, so timings are noisy.",
@@ -82,6 +93,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"dropout sites {st['dropout_sites']}; median of {st['repeats']} runs after {st['warmup']} warm-up.",
         f"FLOPs per window: trunk {fl['trunk_gflops_per_window']:.3f} + head {fl['head_gflops_per_window']:.3f} "
         f"GFLOPs (trunk share {fl['trunk_share']:.0%}); measured peak: {peaks} (same run).",
+        conv_line,
+        f"**Threads: {threads}** for every figure below (torch and the ONNX runtimes). Every configuration has "
+        "its own untimed warm-up; every ratio divides two medians of this one process. faults/call = minor page "
+        "faults inside the runner calls / calls (last timed run).",
         "",
         "Kinds: `single` = deterministic single pass (S=1, all-ones masks); `mc` = the TUNE++ predictor's streamed "
         "engine (`mc_predict`: samples batched per runner call and streamed through the stitched volume in chunks "
@@ -97,12 +112,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in _rows(result)]
     lines += ["", "## Ratios (numerator / denominator medians, both from this run; latency unless a stage is named)",
               "",
-              "| ratio | value | numerator | denominator | target |", "|---|---:|---|---|---|"]
+              "| ratio | value | threads | numerator | denominator | target |", "|---|---:|---:|---|---|---|"]
     for r in result["ratios"]:
-        target = f">= {r['target']} ({'met' if r['met'] else 'missed'})" if "target" in r else ""
-        of = "" if r["of"] == "latency" else f" ({r['of']})"
-        lines.append(f"| {r['name']} | {r['value']:.2f} | `{r['numerator']}`{of} {r['numerator_s']:.3f} s | "
-                     f"`{r['denominator']}`{of} {r['denominator_s']:.3f} s | {target} |")
+        lines.append(ratio_row(r))
     ref = st["reference_samples"]
     ideal = fl.get(f"ideal_trunk_reuse_speedup_S{ref}")
     if ideal is not None:
@@ -127,6 +139,18 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", "Not measured: " + "; ".join(f"{s['backend']} {s['precision']}: {s['reason']}"
                                                    for s in result["skipped"])]
     return "\n".join(lines) + "\n"
+
+
+def ratio_row(r: dict[str, Any]) -> str:
+    """One headline ratio as a Markdown row; the thread count is in the value cell's neighbour and the text,
+    because a 2-thread "1.85x" once travelled without it."""
+    target = f">= {r['target']} ({'met' if r['met'] else 'missed'})" if "target" in r else ""
+    of = "" if r["of"] == "latency" else f" ({r['of']})"
+    t = r.get("threads")
+    threads = f"{t} thread{'s' if t != 1 else ''}" if t else "unknown"
+    rounds = f" rounds {r['round_ratios']}" if r.get("round_ratios") else ""
+    return (f"| {r['name']} | {r['value']:.2f}x at {threads} | {t or '?'} | `{r['numerator']}`{of} "
+            f"{r['numerator_s']:.3f} s | `{r['denominator']}`{of} {r['denominator_s']:.3f} s{rounds} | {target} |")
 
 
 def plot_latency(result: dict[str, Any], path: Path) -> None:
@@ -205,4 +229,4 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path
     return paths
 
 
-__all__ = ["markdown", "plot_latency", "plot_stages", "rich_table", "write_outputs"]
+__all__ = ["markdown", "plot_latency", "plot_stages", "ratio_row", "rich_table", "write_outputs"]

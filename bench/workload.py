@@ -179,7 +179,8 @@ def run_engine(runner: Runner, scan: Scan, masks: SampleMasks, mc: MCSettings) -
     return RunResult(stages, end - t0, info["windows"], info["runner_calls"], info["windows_per_call"],
                      info["samples_per_call"], info["blend"], pred.probs, dict(pred.maps),
                      {**{k: info[k] for k in ("sample_chunk", "sample_chunks", "trunk", "noise_draws")},
-                      "trunk_windows": timed.trunk_windows, "head_rows": timed.head_rows})
+                      "trunk_windows": timed.trunk_windows, "head_rows": timed.head_rows,
+                      "call_faults": timed.call_faults})
 
 
 class EagerForward(Runner):
@@ -235,7 +236,7 @@ def run_naive(forward: EagerForward, scan: Scan, masks: SampleMasks, mc: MCSetti
     return RunResult(stages, end - t0, windows, timed.calls, batch, 1, "naive loop", maps.mean_probs,
                      dict(pred.maps), {"sample_chunk": masks.samples, "sample_chunks": 1, "trunk": "per sample",
                                        "noise_draws": mc.noise_draws, "trunk_windows": timed.trunk_windows,
-                                       "head_rows": timed.head_rows})
+                                       "head_rows": timed.head_rows, "call_faults": timed.call_faults})
 
 
 Measure = Callable[[], RunResult]

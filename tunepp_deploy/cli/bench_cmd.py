@@ -53,11 +53,13 @@ def bench(
     volume: Annotated[str | None, typer.Option(help="Model-grid scan size DxHxW (default: 240x240x160 with CUDA, "
                                                     "64x64x48 without).")] = None,
     samples: Annotated[str, typer.Option(help="MC sample counts.")] = "1,5,10,25,50",
-    backends: Annotated[str, typer.Option(help="Backends: torch, ort, trt.")] = "torch,ort,trt",
+    backends: Annotated[str, typer.Option(help="Backends: torch, ort, openvino, trt (skipped where not "
+                                               "installed).")] = "torch,ort,openvino,trt",
     precision: Annotated[str, typer.Option(help="Precisions: fp32, fp16, int8 (skipped where unsupported).")]
     = "fp32,fp16,int8",
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs per configuration.")] = 3,
-    warmup: Annotated[int, typer.Option(min=0, help="Untimed runs before them.")] = 1,
+    warmup: Annotated[int, typer.Option(min=1, help="Untimed runs of each configuration right before it is "
+                                                    "timed (at least one: no first-configuration artefact).")] = 1,
     dropout_sites: Annotated[str | None, typer.Option(help="Override the config's dropout sites, e.g. dec0 (a "
                                                            "later first site = more trunk reuse).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -67,6 +69,9 @@ def bench(
                                                              "rows per call = windows x samples).")] = None,
     memory_gb: Annotated[float | None, typer.Option(min=0.01, help="Engine memory budget, GB (default: the "
                                                                    "config's).")] = None,
+    alternate: Annotated[int, typer.Option(min=0, help="Rounds of the naive loop and the engine at the reference S "
+                                                       "timed alternately (A/B/A/B) per backend; 0: off.")] = 0,
+    conv_floor: Annotated[bool, typer.Option(help="Time the network's own conv shapes (second floor).")] = True,
 ) -> None:
     """Whole-volume MC latency per backend x precision x samples, with stages, memory, floor and baselines."""
     if ctx.invoked_subcommand is not None:
@@ -80,12 +85,13 @@ def bench(
         samples=_ints(samples, "--samples"), backends=_csv(backends), precisions=_csv(precision),
         repeats=repeats, warmup=warmup, dropout_sites=_csv(dropout_sites) if dropout_sites is not None else None,
         device=device, threads=threads, baselines=baselines, max_batch=max_batch, memory_gb=memory_gb,
+        alternate=alternate, conv_floor=conv_floor,
     )
     result = run_mc_bench(settings, log=lambda msg: console.print(msg, highlight=False))
     Console().print(rich_table(result))
     for r in result["ratios"]:
         if "target" in r:
-            console.print(f"{r['name']}: {r['value']:.2f} (target >= {r['target']}: "
+            console.print(f"{r['name']}: {r['value']:.2f}x at {r.get('threads')} threads (target >= {r['target']}: "
                           f"{'met' if r['met'] else 'missed'})")
     console.print(f"wrote [bold]{out}[/] (bench.json, bench.md, bench_latency.png, bench_stages.png)")
 
