@@ -101,3 +101,16 @@ def test_rows_per_call_change_nothing(fake: FakeRunner) -> None:
     chunked = mc_predict(vol, fake, m, MCSettings(samples=5, blend="window", memory_gb=rows3))
     assert chunked.plan.samples_per_call < 5 and chunked.calls > full.calls
     assert torch.allclose(full.maps.stacked(), chunked.maps.stacked(), atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4, 5, 8, 13, 25])
+@pytest.mark.parametrize("blend", ["sample", "window"])
+def test_chosen_rows_per_call_change_nothing(fake: FakeRunner, rows: int, blend: str) -> None:
+    """``MCSettings.rows_per_call`` at every candidate size gives the maps of one call of all 25 rows."""
+    vol = torch.rand(1, 20, 18, 17, generator=torch.Generator().manual_seed(1))
+    m = sample_masks(SITES, (16, 16, 16), 25, seed=2)
+    whole = mc_predict(vol, fake, m, MCSettings(samples=25, blend=blend, rows_per_call=25, max_batch=1))
+    assert whole.plan.samples_per_call == 25
+    split = mc_predict(vol, fake, m, MCSettings(samples=25, blend=blend, rows_per_call=rows, max_batch=1))
+    assert split.plan.samples_per_call == rows and split.calls == whole.windows * -(-25 // rows)
+    assert torch.allclose(whole.maps.stacked(), split.maps.stacked(), atol=1e-6)

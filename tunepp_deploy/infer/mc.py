@@ -14,6 +14,11 @@ sufficient statistics (:class:`~tunepp_deploy.infer.moments.SampleStats`). So:
   runner that :attr:`~Runner.splits` (torch) caches the trunk outputs of every window batch when
   they fit a quarter of the budget, else — and always for exported one-graph runners (ONNX Runtime,
   TensorRT) — the trunk is recomputed once per chunk. ``MCResult.trunk`` says which;
+* **head call size**: ``MCSettings.rows_per_call`` (default: the runner's, on a CPU a head budget of
+  rows x window voxels for runners that split, :func:`~tunepp_deploy.infer.runners.base.default_rows_per_call`)
+  caps the rows of one call; with a split runner the trunk still runs once per window batch and only
+  the head runs per call, so a large window's head runs in small calls (bench/head_calls.py measures
+  the fastest size, bench/results/head_calls.md). The maps do not depend on it;
 * ``blend="window"`` (explicit only) blends per-window moments: one pass, cheaper, approximate in the
   epistemic/aleatoric split (:mod:`tunepp_deploy.infer.uncertainty`), named in the report.
 
@@ -63,6 +68,11 @@ class MCSettings:
     noise_draws: int = DEFAULT_NOISE_DRAWS
     #: Samples per stitched chunk; None = the largest the budget allows (set it to compare designs).
     sample_chunk: int | None = None
+    #: Rows (window x sample) per runner call; None = the runner's default (:meth:`Runner.max_rows`:
+    #: on a CPU, a head budget for runners that split trunk and head). On a split runner the trunk still
+    #: runs once per window batch; on a one-graph runner fewer rows than S rerun the trunk per call.
+    #: ``bench/head_calls.py`` measures the fastest (``tunepp infer --rows-per-call auto``).
+    rows_per_call: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,37 @@ def row_bytes(meta: ModelMeta) -> int:
     voxels = math.prod(meta.window)
     c_full = meta.config.model.full_res_channels or max(meta.config.model.widths[0] // 2, 4)
     return voxels * 4 * (8 * c_full + 3 * meta.num_classes + 4)
+
+
+def check_rows_per_call(rows: object) -> int | None:
+    """``rows`` as a row count (None stays None); anything but an integer >= 1 is a one-line error."""
+    if rows is None:
+        return None
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise TuneppError(f"rows per call must be an integer >= 1 (or auto), got {rows!r}")
+    return int(rows)
+
+
+def parse_rows_per_call(text: str) -> int | Literal["auto"]:
+    """A ``--rows-per-call`` value: ``auto`` (measure, :mod:`tunepp_deploy.bench.head_calls`) or N >= 1."""
+    t = str(text).strip().lower()
+    if t == "auto":
+        return "auto"
+    try:
+        n = int(t)
+    except ValueError:
+        raise TuneppError(f"--rows-per-call must be an integer >= 1 or auto, got {text!r}") from None
+    return check_rows_per_call(n)  # type: ignore[return-value]
+
+
+def row_cap(runner: Runner, rows_per_call: int | None) -> int | None:
+    """The engine's row cap: the chosen rows per call, bounded by a backend's own hard limit (a runner
+    class that overrides :attr:`Runner.max_rows`, e.g. a TensorRT profile), else the runner's default."""
+    rows = check_rows_per_call(rows_per_call)
+    if rows is None:
+        return runner.max_rows
+    hard = runner.max_rows if type(runner).max_rows is not Runner.max_rows else None
+    return rows if hard is None else min(rows, hard)
 
 
 def plan_calls(meta: ModelMeta, samples: int, max_batch: int, memory_gb: float, max_rows: int | None) -> CallPlan:
@@ -160,7 +201,7 @@ def mc_predict(
         raise TuneppError(f"unknown blend '{settings.blend}' (use auto, sample or window)")
     blend = "window" if settings.blend == "window" else "sample"
     call_gb = settings.memory_gb * (CALL_SHARE if blend == "sample" else 1.0)
-    plan = plan_calls(meta, S, settings.max_batch, call_gb, runner.max_rows)
+    plan = plan_calls(meta, S, settings.max_batch, call_gb, row_cap(runner, settings.rows_per_call))
     noise = torch.from_numpy(draw_logit_noise(settings.seed, range(S), settings.noise_draws, K))
     temp = None if temperature is None else torch.tensor([float(t) for t in temperature], dtype=torch.float32)
     shape = tuple(int(n) for n in volume.shape[1:])
@@ -272,5 +313,5 @@ def mc_predict(
                     extra={"trunk_cache_bytes": float(cache_bytes), "sample_chunks": float(n_chunks)})
 
 
-__all__ = ["Blend", "CallPlan", "MCResult", "MCSettings", "mc_predict", "plan_calls", "row_bytes",
-           "window_output_bytes"]
+__all__ = ["Blend", "CallPlan", "MCResult", "MCSettings", "check_rows_per_call", "mc_predict",
+           "parse_rows_per_call", "plan_calls", "row_bytes", "row_cap", "window_output_bytes"]

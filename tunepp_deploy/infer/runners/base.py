@@ -13,6 +13,7 @@ host round trip).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from types import TracebackType
@@ -22,11 +23,27 @@ import torch
 from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.export.metadata import ModelMeta
 
-#: Row cap per call on a CPU. Large calls thrash the caches: on the 2-core CI box, MC-25 of a
-#: 64x64x48 phantom (8 windows) took 12.4 s with 7 windows x 25 samples = 175 rows per call and
-#: 8.6 s with 25 rows per call (torch, 2 threads; `tunepp bench --max-batch 8` vs `1`). The trunk is
-#: still run once per window as long as one window's S samples fit in the cap.
+#: Row cap per call on a CPU for runners that run their graph whole (ONNX Runtime's one graph,
+#: OpenVINO): a call of fewer rows than a window's S samples reruns the trunk, so these take all S
+#: rows of a window in one call as long as S fits. Large calls of many windows cost more than they
+#: save: on the 2-core CI box, MC-25 of a 64x64x48 phantom (8 windows) took 12.4 s with 7 windows x
+#: 25 samples = 175 rows per call and 8.6 s with 25 rows per call (torch, 2 threads).
 CPU_ROWS_PER_CALL = 32
+#: Head rows x window voxels per head call on a CPU, for runners that split trunk and head (torch,
+#: ``OrtRunner(split=True)``): the trunk runs once per window batch whatever the call size, so the
+#: head can run in calls that keep its activations small. 2,359,296 = 32 rows of a 48x48x32 window
+#: (the phantom window keeps the old cap of 32 rows, so its plans do not change) and 2 rows of a
+#: 96^3 window, where issue #14 measured small calls fastest (ORT pair: 25 x 1 row 2.40x over 25 full
+#: passes, 5 x 5 rows 2.25x). bench/results/head_calls.md has this machine's figures.
+CPU_HEAD_VOXELS_PER_CALL = 32 * 48 * 48 * 32
+
+
+def default_rows_per_call(window: Sequence[int], splits: bool) -> int:
+    """Rows per call on a CPU when nobody chose: the head budget for split runners, else the cap."""
+    if not splits:
+        return CPU_ROWS_PER_CALL
+    voxels = max(1, math.prod(int(n) for n in window))
+    return max(1, min(CPU_ROWS_PER_CALL, CPU_HEAD_VOXELS_PER_CALL // voxels))
 
 
 class Runner(ABC):
@@ -41,9 +58,10 @@ class Runner(ABC):
 
     @property
     def max_rows(self) -> int | None:
-        """Most rows one call should take: a TensorRT profile's maximum (overridden there), on a CPU
-        :data:`CPU_ROWS_PER_CALL`, else None (the memory budget alone decides)."""
-        return CPU_ROWS_PER_CALL if self.device.type == "cpu" else None
+        """Most rows one call should take: a TensorRT profile's maximum (overridden there, a hard
+        limit), on a CPU :func:`default_rows_per_call`, else None (the memory budget alone decides).
+        ``MCSettings.rows_per_call`` replaces this default (and is bounded by a backend's own limit)."""
+        return default_rows_per_call(self.meta.window, self.splits) if self.device.type == "cpu" else None
 
     @property
     def splits(self) -> bool:
@@ -97,4 +115,4 @@ class Runner(ABC):
         self.close()
 
 
-__all__ = ["Runner"]
+__all__ = ["CPU_HEAD_VOXELS_PER_CALL", "CPU_ROWS_PER_CALL", "Runner", "default_rows_per_call"]
