@@ -107,6 +107,7 @@ def _mtime(p: Path) -> int:
     return p.stat().st_mtime_ns
 
 
+@pytest.mark.slow  # two tiny comparisons: ONNX exports and three trainings per seed
 def test_seeds_cli_end_to_end_and_resume(tmp_path: Path) -> None:
     cfg = _tiny_config(tmp_path)
     out = tmp_path / "cmp"

@@ -13,7 +13,7 @@ some seeds into the same OUT (``--seeds 0`` and ``--seeds 1`` in parallel, then 
 a seed folder made with another config is refused instead of being mixed in. The summary
 (``compare_seeds.json`` / ``compare_seeds.md``) has, per method and metric, the mean and the 95 %
 t-interval half-width over seeds, and per seed the paired differences against ``tunepp_mc`` for
-AUROC and U-ECE fg (paired: same data, backbone and masks within a seed, so the seed-to-seed spread
+AUROC and U-ECE fg (paired: same phantoms, split and test cases within a seed, so the seed-to-seed spread
 cancels) with their own interval, and the variational posterior's widths per seed.
 """
 
@@ -168,7 +168,8 @@ def markdown(summary: dict[str, Any]) -> str:
     for name, row in summary["methods"].items():
         lines.append(f"| {name} | " + " | ".join(_cell(row[k]) for k, _ in METRICS) + " |")
     base = summary["paired_vs"]
-    lines += ["", f"Paired differences against `{base}` (same seed: same phantoms, backbone and masks), "
+    lines += ["", f"Paired differences against `{base}` (within a seed: same phantoms, split and test "
+              "cases; saliency rows also the same backbone and masks), "
               "mean ± 95 % t-interval, then per seed:", "",
               "| method | " + " | ".join(f"Δ {k}" for k in PAIRED) + " | "
               + " | ".join(f"Δ {k} per seed" for k in PAIRED) + " |", "|---|" + "---|" * (2 * len(PAIRED))]
