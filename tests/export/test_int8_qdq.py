@@ -213,3 +213,45 @@ def test_source_folder_untouched_and_write_is_whole(tiny, tmp_path: Path) -> Non
     assert res.path == dst and res.windows == 16
     # deterministic: the same inputs give the same graph as the CLI's
     assert onnx.load(str(dst)).graph == onnx.load(str(out)).graph
+
+
+@pytest.mark.skipif(find_spec("openvino") is None, reason="openvino is not installed: pip install "
+                    "'tunepp-deploy[openvino]'")
+def test_infer_cli_labels_int8_runs_and_refuses_precision_misuse(tiny, tmp_path: Path) -> None:
+    """`tunepp infer` on the Q/DQ graph: the report says int8 (asked or not: OpenVINO runs Q/DQ in int8
+    whatever the hint), a folder of fp32 results refuses the int8 run, and --precision outside OpenVINO or
+    int8 on a float graph are one-line errors (exit 2)."""
+    import nibabel as nib
+
+    from tunepp_deploy.cli.app import app
+
+    _, _, fp32, _, q = tiny
+    scans = tmp_path / "in"
+    scans.mkdir()
+    vol = np.random.default_rng(0).random((20, 20, 12), dtype=np.float32)
+    nib.save(nib.Nifti1Image(vol, np.diag([4.0, 4.0, 5.0, 1.0])), str(scans / "c_0000.nii.gz"))
+
+    def infer(out: str, model: Path, *extra: str):
+        return CliRunner().invoke(app, ["infer", "-i", str(scans), "-o", str(tmp_path / out), "--model", str(model),
+                                        "--samples", "2", "--device", "cpu", "--threads", "1", *extra])
+
+    for out, extra in (("q_default", ["--backend", "openvino"]),
+                       ("q_asked", ["--backend", "openvino", "--precision", "int8"])):
+        res = infer(out, q, *extra)
+        assert res.exit_code == 0, res.output
+        report = json.loads((tmp_path / out / "c_report.json").read_text())
+        assert report["backend"] == "openvino:int8", report["backend"]
+        total = nib.load(str(tmp_path / out / "c_total.nii.gz")).get_fdata()
+        assert np.isfinite(total).all()
+    res = infer("f", fp32, "--backend", "openvino")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "f" / "c_report.json").read_text())["backend"] == "openvino"
+    res = infer("f", q, "--backend", "openvino")  # int8 results into a folder of fp32 ones: refused
+    assert res.exit_code != 0 and "c_seg.nii.gz" in {p.name for p in (tmp_path / "f").iterdir()}
+    for extra, words in ((["--backend", "ort", "--precision", "bf16"], "openvino"),
+                         (["--backend", "openvino", "--precision", "int8"], "Q/DQ")):
+        res = infer("bad", fp32, *extra)
+        assert res.exit_code == 2, res.output
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and words in lines[0], res.output
+    assert not (tmp_path / "bad").exists()

@@ -124,6 +124,8 @@ def infer(
         min=0.0, help="Mean flag-map value that flags a region (default 0.3: docs/results/flag_threshold.md).")]
     = None,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch / ONNX Runtime.")] = None,
+    precision: Annotated[str, typer.Option(help="OpenVINO backend: fp32 (default, pinned), bf16, or int8 for a graph "
+                                                "from `tunepp export int8` (docs/results/int8.md).")] = "fp32",
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (torch backend).")] = True,
     cuda_graphs: Annotated[bool, typer.Option(help="Replay CUDA graphs (torch backend on CUDA).")] = False,
     compile: Annotated[bool, typer.Option(
@@ -203,7 +205,7 @@ def infer(
                            RunOptions(samples=samples, seed=seed, overlap=overlap, max_batch=max_batch,
                                       memory_gb=memory_gb, blend=blend, noise_draws=noise_draws),  # type: ignore[arg-type]
                            dict(threads=threads, amp=amp, cuda_graphs=cuda_graphs, temperature=temperature,
-                                compile=compile), ray_opts)
+                                compile=compile, precision=precision), ray_opts)
             except KeyboardInterrupt:
                 what = "SIGTERM" if got else "interrupted"
                 typer.secho(f"error: {what}: stopped; the case in progress was removed, finished cases are kept "

@@ -29,16 +29,21 @@ def open_predictor(
     temperature: bool = True,
     saliency_target: str = "last_conv",
     compile: bool = False,
+    precision: str = "fp32",
 ) -> Predictor:
     """Open ``model`` as the predictor of its method (module docstring); the caller closes it.
 
     ``compile``: torch.compile the TUNE++ network's trunk and head (torch backend; other methods ignore it).
+    ``precision``: ``fp32``, ``bf16`` or ``int8`` on the OpenVINO backend (TUNE++ only; int8 needs a graph from
+    ``tunepp export int8``); anything but fp32 elsewhere is a one-line error.
     """
     from tunepp_deploy.infer.runners.load import resolve_device
     from tunepp_deploy.model_file import read_temperature, resolve_method
 
     path = Path(model)
     opts = options or RunOptions()
+    if precision.lower() not in ("fp32", "f32") and (method == "saliency" or resolve_method(method, path) != "tunepp"):
+        raise TuneppError(f"--precision {precision} is an OpenVINO option for TUNE++ models only")
     if opts.deterministic and (method == "saliency" or resolve_method(method, path) != "tunepp"):
         raise TuneppError("a deterministic pass (all dropout masks 1) is defined for TUNE++ models only")
     if method == "saliency":
@@ -60,7 +65,7 @@ def open_predictor(
     from tunepp_deploy.predictors.tunepp import TuneppPredictor
 
     runner = open_runner(path, backend, device, amp=amp, cuda_graphs=cuda_graphs, threads=threads,
-                         compile=compile)
+                         compile=compile, precision=precision)
     try:
         t = None
         if temperature and runner.name != "trt":

@@ -38,7 +38,11 @@ class TuneppPredictor(Predictor):
 
     def __init__(self, runner: Runner, settings: RunSettings, temperature: list[float] | None = None) -> None:
         meta = runner.meta
-        super().__init__(meta.config, meta.window, runner.name, runner.device)
+        # a non-fp32 OpenVINO run is labelled (e.g. "openvino:bf16"): its reports name it and resume refuses to
+        # mix it with an fp32 run's cases in one folder
+        precision = getattr(runner, "precision", "fp32")
+        backend = runner.name if precision == "fp32" else f"{runner.name}:{precision}"
+        super().__init__(meta.config, meta.window, backend, runner.device)
         if temperature is not None:  # the one validator of model-file values (finite, within its range)
             temperature = check_temperature(list(temperature), "temperature", meta.num_classes)
         self.runner, self.settings, self.temperature = runner, settings, temperature

@@ -163,6 +163,9 @@ class OpenVinoRunner(Runner):
         if self.precision == "int8" and not has_quantization(self.model):
             raise TuneppError(f"{self.where}: int8 needs a Q/DQ-quantized ONNX graph; this one has no quantization "
                               "nodes (run it as fp32, or bf16 explicitly)")
+        if self.precision == "fp32" and has_quantization(self.model):
+            # the plugin runs Q/DQ nodes in int8 whatever the hint: label the run int8, never "fp32"
+            self.precision = "int8"
         self.mask_names = meta.mask_names
         self.version = openvino_version() or "?"
         self._compiled: OrderedDict[tuple[int, int], tuple[Any, Any]] = OrderedDict()
