@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from tunepp_deploy.bench.machine import read_cpu_facts
 
 from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.infer.masks import SampleMasks, sample_masks
@@ -205,21 +206,12 @@ def run(config: Path, samples: int = 25, sizes: Sequence[int] = (1, 5, 25), repe
             "samples": samples, "sizes": list(sizes), "repeats": repeats, "threads": threads,
             "naive_passes_run": passes, "naive_scaled_to": samples,
             "default_rows_per_call_split": default_rows_per_call(meta.window, True),
-            "cpu": _cpu_model(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu": read_cpu_facts().model_name, "python": platform.python_version(), "torch": torch.__version__,
             "shared_machine": True, "results": rows, **info,
         }
     finally:
         torch.set_num_threads(old)
 
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def markdown(results: Sequence[dict]) -> str:

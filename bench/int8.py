@@ -27,7 +27,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tunepp_deploy.bench.machine import read_cpu_facts
 from tunepp_deploy.calibrate.int8 import preprocess_for_model, scan_paths
 from tunepp_deploy.export.metadata import ModelMeta, quantization_of
 
@@ -52,16 +52,6 @@ CPU = torch.device("cpu")
 MAPS = ("mean_probs", "epistemic", "aleatoric", "total", "predictive_entropy", "mutual_information")
 REFERENCE = "ort/fp32"
 
-
-def cpu_model() -> str:
-    """The CPU model line of ``/proc/cpuinfo`` (what the machine is, read rather than assumed)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def open_runners(fp32: Path, int8: dict[str, Path], threads: int, openvino: bool, bf16: bool = False
@@ -240,7 +230,7 @@ def run(fp32: Path, int8: dict[str, Path], data: Path, threads: int, samples: in
     quant = {k: quantization_of({p.key: p.value for p in read_onnx_meta(v)[0].metadata_props}) for k, v in int8.items()}
     return {
         "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "shared": True},
+        "machine": {"cpu": read_cpu_facts().model_name, "logical_cpus": os.cpu_count(), "shared": True},
         "versions": versions,
         "threads": threads,
         "fp32": str(fp32),
