@@ -180,3 +180,11 @@ def test_page_renders_in_headless_chromium(folder: tuple[Path, Path], tmp_path: 
     # the thumbnails put colour on the page (the rest is black text on white)
     saturation = img.max(-1) - img.min(-1)
     assert (saturation > 0.3).mean() > 0.01
+    # the DOM the browser built (not our HTML text): one case row per case, in triage order
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          (out / "index.html").as_uri()], capture_output=True, text=True, timeout=120)
+    rows = _Rows()
+    rows.feed(dom.stdout)
+    assert sorted(rows.names) == sorted(CASES), dom.stderr[-2000:]
+    assert rows.names == sorted(CASES, key=CASES.__getitem__, reverse=True)
+    print(f"headless Chromium: screenshot {shot} ({img.shape[1]}x{img.shape[0]}), {len(rows.names)} case rows")
