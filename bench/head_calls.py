@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +31,7 @@ from pathlib import Path
 import torch
 from tunepp_deploy.bench.machine import read_cpu_facts
 
+from tunepp_deploy.data.nifti import write_atomic
 from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.infer.masks import SampleMasks, sample_masks
 from tunepp_deploy.infer.mc import check_rows_per_call
@@ -233,14 +232,6 @@ def markdown(results: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, action="append", required=True)
@@ -255,8 +246,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = []
     for cfg in a.config:
         results.append(run(cfg, a.samples, sizes, a.repeats, a.threads, a.naive_passes))
-        _write(a.out.with_suffix(".json"), json.dumps(results, indent=2))  # after every config
-        _write(a.out.with_suffix(".md"), markdown(results))
+        for suffix, text in ((".json", json.dumps(results, indent=2)), (".md", markdown(results))):
+            write_atomic(a.out.with_suffix(suffix), lambda t, text=text: t.write_text(text))  # after every config
         print(markdown(results[-1:]), flush=True)
 
 
