@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from tunepp_deploy.infer.allocator import Workspace
@@ -102,3 +103,13 @@ def test_sampled_softmax_buffers_change_nothing() -> None:
         got = sampled_softmax(z, lv, eps, out=out, work=work)
         assert got.data_ptr() == out.data_ptr() and torch.equal(got, ref)
     assert torch.equal(sampled_softmax(z, lv, None, out=out), torch.softmax(z, 1))
+
+
+def test_fold_log_within_three_ulp_of_libm() -> None:
+    from tunepp_deploy.infer.stitch import log64
+
+    x = np.concatenate([np.geomspace(ENTROPY_EPS, 1.0, 500_001), np.linspace(0.5, 2.0, 50_001), [1.0, 1 - 1e-16]])
+    ref = np.log(x)
+    ulps = np.abs(log64(x) - ref) / np.spacing(np.maximum(np.abs(ref), np.finfo(np.float64).tiny))
+    assert ulps.max() <= 3.0
+    assert log64(np.array([1.0]))[0] == 0.0

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from tunepp_deploy.infer.allocator import Workspace
+from tunepp_deploy.infer.noise_softmax import can_run, sampled_softmax_cpu
 
 #: Default number of logit-noise draws per dropout sample (convergence: docs/uncertainty.md).
 DEFAULT_NOISE_DRAWS = 8
@@ -55,7 +56,8 @@ def draw_logit_noise(seed: int, sample_ids: Sequence[int], draws: int, classes: 
 
 
 def sampled_softmax(logits: torch.Tensor, log_var: torch.Tensor, eps: torch.Tensor | None,
-                    out: torch.Tensor | None = None, work: Workspace | None = None) -> torch.Tensor:
+                    out: torch.Tensor | None = None, work: Workspace | None = None,
+                    fused: bool = True) -> torch.Tensor:
     """``mean_t softmax(z + sigma * eps_t)`` per row: ``logits [R, K, ...]``, ``log_var [R, 1, ...]``,
     ``eps [R, T, K]`` (row ``r``'s draws) -> ``[R, K, ...]`` float32.
 
@@ -65,15 +67,21 @@ def sampled_softmax(logits: torch.Tensor, log_var: torch.Tensor, eps: torch.Tens
     sigma live between calls — without it they are allocated per call, and above glibc's mmap threshold
     each is a fresh zero-filled mmap every call (:mod:`tunepp_deploy.infer.allocator`). The same ops in
     the same order either way: the result is bit-identical with or without ``out`` / ``work``.
+
+    On a CPU (float32, ``out`` contiguous) one fused kernel computes it
+    (:mod:`tunepp_deploy.infer.noise_softmax`, within 1e-6 of the torch path); elsewhere, and with
+    ``fused=False``, the torch ops below.
     """
-    z = logits.float()
+    z = logits.float().contiguous()  # torch._softmax(out=) into a strided buffer misplaces values (tested)
     if out is None:
         out = torch.empty(z.shape, dtype=torch.float32, device=z.device)
     if eps is None or eps.shape[1] == 0:
         return _softmax_into(z, out)
     if eps.shape[0] != z.shape[0] or eps.shape[2] != z.shape[1]:
         raise ValueError(f"noise {tuple(eps.shape)} does not match logits {tuple(z.shape)}")
-    lv = log_var.float()
+    lv = log_var.float().contiguous()
+    if fused and out.is_contiguous() and can_run(z, lv):
+        return sampled_softmax_cpu(z, lv, eps, out)
     if work is None:
         y, s, sigma = torch.empty_like(z), torch.empty_like(z), torch.empty_like(lv)
     else:
