@@ -153,3 +153,48 @@ def test_ort_pair_matches_the_one_graph_call(net, cfg, onnx_file) -> None:
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-6)
     with pytest.raises(TuneppError, match="CPU provider only"):
         OrtRunner(str(onnx_file), meta, torch.device("cuda"), split=True)
+
+
+def test_cli_rows_per_call_same_maps_auto_measures_and_bad_values_refused(tmp_path, ckpt, cfg) -> None:
+    """``tunepp infer --rows-per-call``: N and auto give the default's maps (same masks and noise), the report
+    says how the size was chosen, a bad value is one line with exit 2, and a method without rows refuses it."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+    from infer_helpers import write_scan
+    from typer.testing import CliRunner
+
+    from tunepp_deploy.cli.app import app
+
+    scan = write_scan(tmp_path / "scan.nii.gz")
+    threads = torch.get_num_threads()
+
+    def run(out: str, *extra: str):
+        try:
+            return CliRunner().invoke(app, ["infer", "-i", str(scan), "-o", str(tmp_path / out), "-m", str(ckpt),
+                                            "--backend", "torch", "--samples", "5", "--noise-draws", "2",
+                                            "--threads", "1", *extra])
+        finally:
+            torch.set_num_threads(threads)
+
+    runs = {"default": run("d"), "2": run("r2", "--rows-per-call", "2"), "auto": run("ra", "--rows-per-call", "auto")}
+    for name, res in runs.items():
+        assert res.exit_code == 0, (name, res.output)
+    maps = {}
+    for name, out in (("default", "d"), ("2", "r2"), ("auto", "ra")):
+        maps[name] = {m: np.asarray(nib.load(str(p)).dataobj) for m in ("total", "epistemic")
+                      for p in (tmp_path / out).glob(f"*{m}*.nii.gz")}
+        assert maps[name]
+        report = json.loads(next((tmp_path / out).glob("*.json")).read_text()) if name != "default" else None
+        if report is not None:
+            text = json.dumps(report)
+            assert ("given" in text) if name == "2" else ("auto (measured: " in text), text[:400]
+    for name in ("2", "auto"):
+        for m, a in maps["default"].items():
+            assert np.abs(maps[name][m].astype(np.float64) - a).max() <= 1e-5, (name, m)
+    for bad in ("0", "-3", "two"):
+        res = run(f"bad{bad}", "--rows-per-call", bad)
+        assert res.exit_code == 2, res.output
+        lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+        assert len(lines) == 1 and "rows-per-call" in lines[0], res.output

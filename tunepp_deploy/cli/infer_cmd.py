@@ -39,6 +39,7 @@ METHOD_OPTIONS = {
     "--memory-gb": ("tunepp", "variational", "saliency"),
     "--blend": ("tunepp",),
     "--noise-draws": ("tunepp",),
+    "--rows-per-call": ("tunepp",),
     "--no-amp": ("tunepp",),
     "--cuda-graphs": ("tunepp",),
     "--compile": ("tunepp",),
@@ -119,6 +120,10 @@ def infer(
     = "auto",
     noise_draws: Annotated[int | None, typer.Option(
         min=0, help="Logit-noise draws T per dropout sample for the aleatoric map (default 8; 0 = none).")] = None,
+    rows_per_call: Annotated[str | None, typer.Option(
+        help="Rows (window x sample) per runner call: N, or auto (time 1, 2, 4, 5, 8, 13 and S rows per call on one "
+             "window, once per model, and keep the fastest: bench/results/head_calls.md). Default: the runner's. "
+             "The maps do not depend on it.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo cases whose report already exists.")] = False,
     flag_threshold: Annotated[float | None, typer.Option(
         min=0.0, help="Mean flag-map value that flags a region (default 0.3: docs/results/flag_threshold.md).")]
@@ -157,6 +162,9 @@ def infer(
 
     if blend not in ("auto", "sample", "window"):
         raise TuneppError(f"unknown --blend '{blend}' (use auto, sample or window)")
+    from tunepp_deploy.infer.mc import parse_rows_per_call
+
+    rows = None if rows_per_call is None else parse_rows_per_call(rows_per_call)
     check_part(num_parts, part_id)
     ray_opts = _ray_options(ray, address, gpus_per_worker, workers, input)
     if not input.exists():
@@ -165,6 +173,7 @@ def infer(
     _refuse_foreign_options(chosen, {
         "--samples": samples is not None, "--seed": seed is not None, "--memory-gb": memory_gb is not None,
         "--blend": blend != "auto", "--noise-draws": noise_draws is not None, "--no-amp": not amp,
+        "--rows-per-call": rows_per_call is not None,
         "--cuda-graphs": cuda_graphs, "--no-temperature": not temperature, "--compile": compile,
     })
     if input.is_file() and num_parts > 1:
@@ -203,7 +212,8 @@ def infer(
                 _run_batch(input if part is None else part, out, model, chosen, backend, device, overwrite,
                            flag_threshold, names, series_uid,
                            RunOptions(samples=samples, seed=seed, overlap=overlap, max_batch=max_batch,
-                                      memory_gb=memory_gb, blend=blend, noise_draws=noise_draws),  # type: ignore[arg-type]
+                                      memory_gb=memory_gb, blend=blend, noise_draws=noise_draws,
+                                      rows_per_call=rows),  # type: ignore[arg-type]
                            dict(threads=threads, amp=amp, cuda_graphs=cuda_graphs, temperature=temperature,
                                 compile=compile, precision=precision), ray_opts)
             except KeyboardInterrupt:

@@ -134,8 +134,10 @@ def parse_rows_per_call(text: str) -> int | Literal["auto"]:
     try:
         n = int(t)
     except ValueError:
-        raise TuneppError(f"--rows-per-call must be an integer >= 1 or auto, got {text!r}") from None
-    return check_rows_per_call(n)  # type: ignore[return-value]
+        n = 0
+    if n < 1:
+        raise TuneppError(f"--rows-per-call must be an integer >= 1 or auto, got {text!r}")
+    return n
 
 
 def row_cap(runner: Runner, rows_per_call: int | None) -> int | None:

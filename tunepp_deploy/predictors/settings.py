@@ -26,6 +26,9 @@ class RunOptions:
     memory_gb: float | None = None
     blend: Blend = "auto"
     noise_draws: int | None = None
+    #: rows (window x sample) per runner call: N, "auto" (measured once per model, bench/head_calls.py) or
+    #: None (the runner's default); the maps do not depend on it
+    rows_per_call: int | Literal["auto"] | None = None
     # one eval-mode pass (all dropout masks 1, no logit noise): the single-pass baseline of experiments
     deterministic: bool = False
 
@@ -42,6 +45,7 @@ class RunSettings:
     blend: Blend
     noise_draws: int
     deterministic: bool = False
+    rows_per_call: int | Literal["auto"] | None = None
 
     def with_(self, **kw: object) -> RunSettings:
         return replace(self, **kw)  # type: ignore[arg-type]
@@ -59,6 +63,7 @@ def resolve(cfg: TuneppConfig, opts: RunOptions | None = None) -> RunSettings:
         memory_gb=d.memory_gb if o.memory_gb is None else float(o.memory_gb),
         blend=o.blend,
         noise_draws=DEFAULT_NOISE_DRAWS if o.noise_draws is None else int(o.noise_draws),
+        rows_per_call=o.rows_per_call,
     )
     # one eval-mode pass: a single sample and no logit noise, whatever was asked for those two
     return resolved.with_(samples=1, noise_draws=0, deterministic=True) if o.deterministic else resolved

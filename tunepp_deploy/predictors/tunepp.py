@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from tunepp_deploy.infer.masks import identity_masks, mask_alignment, sample_masks
-from tunepp_deploy.infer.mc import MCSettings, mc_predict
+from tunepp_deploy.infer.mc import MCSettings, check_rows_per_call, mc_predict
 from tunepp_deploy.infer.runners.base import Runner
 from tunepp_deploy.infer.sliding_window import count_windows
 from tunepp_deploy.infer.uncertainty import clamp_and_sum
@@ -46,11 +46,28 @@ class TuneppPredictor(Predictor):
         if temperature is not None:  # the one validator of model-file values (finite, within its range)
             temperature = check_temperature(list(temperature), "temperature", meta.num_classes)
         self.runner, self.settings, self.temperature = runner, settings, temperature
+        self.rows_per_call, self.rows_per_call_how = self._rows_per_call(runner, settings)
         self.mc = MCSettings(samples=settings.samples, seed=settings.seed, overlap=settings.overlap,
                              max_batch=settings.max_batch, memory_gb=settings.memory_gb, blend=settings.blend,
-                             noise_draws=settings.noise_draws)
+                             noise_draws=settings.noise_draws, rows_per_call=self.rows_per_call)
         self.masks = (identity_masks(meta.sites, meta.window, 1) if settings.deterministic
                       else sample_masks(meta.sites, meta.window, settings.samples, settings.seed))
+
+    @staticmethod
+    def _rows_per_call(runner: Runner, settings: RunSettings) -> tuple[int | None, str]:
+        """The head-call size and how it was chosen: given, measured once here (``auto``: the fastest of
+        bench/head_calls.py's candidates on one window of this runner), or the runner's default."""
+        rows = settings.rows_per_call
+        if rows == "auto":
+            if settings.deterministic or settings.samples == 1:
+                return None, "default (one sample: nothing to choose)"
+            from tunepp_deploy.bench.head_calls import choose_rows_per_call
+
+            chosen = choose_rows_per_call(runner, samples=settings.samples, seed=settings.seed)
+            return chosen, f"auto (measured: {chosen})"
+        if rows is None:
+            return None, "default"
+        return check_rows_per_call(rows), "given"
 
     @property
     def meta(self):
@@ -80,6 +97,7 @@ class TuneppPredictor(Predictor):
             "sample_chunk": res.sample_chunk,
             "sample_chunks": int(res.extra["sample_chunks"]),
             "trunk": res.trunk,
+            "rows_per_call": self.rows_per_call_how,
         }
         return Prediction(m.mean_probs, maps, info)
 
