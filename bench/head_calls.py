@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -162,9 +163,16 @@ def _runners(config: Path, threads: int) -> tuple[dict[str, Runner], dict[str, f
     t = time.perf_counter()
     onnx_bytes = build_onnx(net, meta).SerializeToString()
     info = {"export_seconds": round(time.perf_counter() - t, 1)}
-    return {"torch": TorchRunner(net, meta, cpu),
-            "ort": OrtRunner(onnx_bytes, meta, cpu, threads),
-            "ort_pair": OrtRunner(onnx_bytes, meta, cpu, threads, split=True)}, info
+    runners: dict[str, Runner] = {"torch": TorchRunner(net, meta, cpu),
+                                  "ort": OrtRunner(onnx_bytes, meta, cpu, threads),
+                                  "ort_pair": OrtRunner(onnx_bytes, meta, cpu, threads, split=True)}
+    from tunepp_deploy.infer.runners.openvino_runner import openvino_version
+
+    if openvino_version() is not None:  # the CPU default for ONNX files when installed (one graph, fp32 pinned)
+        from tunepp_deploy.infer.runners.openvino_runner import OpenVinoRunner
+
+        runners["openvino"] = OpenVinoRunner(onnx_bytes, meta, cpu, threads)
+    return runners, info
 
 
 def run(config: Path, samples: int = 25, sizes: Sequence[int] = (1, 5, 25), repeats: int = 3,
@@ -176,26 +184,29 @@ def run(config: Path, samples: int = 25, sizes: Sequence[int] = (1, 5, 25), repe
     """
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
+    load0 = list(os.getloadavg())
     try:
         runners, info = _runners(config, threads)
         some = runners["torch"]
         x, masks = _window_and_masks(some, samples, 0)
         passes = samples if naive_passes is None else max(1, min(samples, int(naive_passes)))
         fns: dict[str, Callable[[], float]] = {}
-        for name in ("torch", "ort"):
+        graphs = [n for n in ("ort", "openvino") if n in runners]
+        for name in ("torch", *graphs):
             fns[f"{name}/naive"] = _naive(runners[name], x, masks, passes)
-        fns["ort/one_graph"] = _mc_window(runners["ort"], x, masks, samples)  # today's ORT: all S rows, one call
+        for name in graphs:  # one-graph runners: all S rows in one call (fewer rows would rerun the trunk)
+            fns[f"{name}/one_graph"] = _mc_window(runners[name], x, masks, samples)
         for name in ("torch", "ort_pair"):
             for s in sizes:
                 fns[f"{name}/rows{s}"] = _mc_window(runners[name], x, masks, s)
         times = alternate(fns, repeats)
         scale = samples / passes
-        for k in ("torch/naive", "ort/naive"):
+        for k in [f"{n}/naive" for n in ("torch", *graphs)]:
             times[k] = [t * scale for t in times[k]]
         rows = {k: {"median_s": statistics.median(v), "mean_s": statistics.fmean(v), "ci95_s": _ci95(v),
                     "runs_s": v} for k, v in times.items()}
         for k, r in rows.items():
-            base = rows["ort/naive" if k.startswith("ort") else "torch/naive"]["median_s"]
+            base = rows[f"{k.split('/')[0].replace('ort_pair', 'ort')}/naive"]["median_s"]
             r["speedup_vs_naive"] = base / r["median_s"]
         meta = some.meta
         for r in runners.values():
@@ -206,11 +217,16 @@ def run(config: Path, samples: int = 25, sizes: Sequence[int] = (1, 5, 25), repe
             "naive_passes_run": passes, "naive_scaled_to": samples,
             "default_rows_per_call_split": default_rows_per_call(meta.window, True),
             "cpu": read_cpu_facts().model_name, "python": platform.python_version(), "torch": torch.__version__,
-            "shared_machine": True, "results": rows, **info,
+            "loadavg_start": load0, "loadavg_end": list(os.getloadavg()), "results": rows, **info,
         }
     finally:
         torch.set_num_threads(old)
 
+
+
+def _load(res: dict, key: str) -> str:
+    v = res.get(key)
+    return "/".join(f"{x:.2f}" for x in v) if v else "not recorded"
 
 
 def markdown(results: Sequence[dict]) -> str:
@@ -221,7 +237,8 @@ def markdown(results: Sequence[dict]) -> str:
         out += [f"## {Path(str(res['config'])).stem}, one {win} window, MC-{res['samples']}, "
                 f"{res['threads']} threads",
                 "", f"CPU: {res['cpu']}; torch {res['torch']}; median of {res['repeats']} alternated runs after "
-                f"one warm-up each; untrained network; machine shared with other jobs. Naive = "
+                f"one warm-up each; untrained network; load average (1/5/15 min) {_load(res, 'loadavg_start')} at "
+                f"start, {_load(res, 'loadavg_end')} at the end. Naive = "
                 f"{res['naive_passes_run']} full passes run, scaled to {res['naive_scaled_to']}. "
                 f"Default rows per call (split runners) for this window: {res['default_rows_per_call_split']}.",
                 "", "| configuration | median s | mean ± 95% CI s | x vs naive (same runtime) |", "|---|---|---|---|"]

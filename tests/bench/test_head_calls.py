@@ -117,11 +117,12 @@ def test_alternate_rotates_the_order() -> None:
     assert all(len(v) == 3 for v in times.values())
 
 
-def test_markdown_names_threads_and_shared_machine() -> None:
+def test_markdown_names_threads_and_load() -> None:
     res = {"config": "configs/synapse.yaml", "window": [96, 96, 96], "samples": 25, "threads": 2, "cpu": "x",
            "torch": "2", "repeats": 3, "naive_passes_run": 5, "naive_scaled_to": 25,
-           "default_rows_per_call_split": 2,
+           "default_rows_per_call_split": 2, "loadavg_start": [1.5, 1.25, 1.0],
            "results": {"torch/naive": {"median_s": 2.0, "mean_s": 2.0, "ci95_s": 0.1, "speedup_vs_naive": 1.0},
                        "torch/rows5": {"median_s": 1.0, "mean_s": 1.0, "ci95_s": 0.1, "speedup_vs_naive": 2.0}}}
     text = markdown([res])
-    assert "2 threads" in text and "shared" in text and "| torch/rows5 | 1.000 |" in text and "2.00x" in text
+    assert "2 threads" in text and "| torch/rows5 | 1.000 |" in text and "2.00x" in text
+    assert "1.50/1.25/1.00 at start" in text and "not recorded at the end" in text
