@@ -35,7 +35,7 @@ from tunepp_deploy.bench.machine import read_cpu_facts
 from tunepp_deploy.data.nifti import write_atomic
 from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.infer.masks import SampleMasks, sample_masks
-from tunepp_deploy.infer.mc import check_rows_per_call
+from tunepp_deploy.infer.mc import CALL_SHARE, check_rows_per_call, plan_calls
 from tunepp_deploy.infer.runners.base import Runner, default_rows_per_call
 
 #: Row counts tried per head call (25 = all of MC-25 in one call; 5 and 13 split it evenly-ish).
@@ -144,7 +144,7 @@ def _ci95(xs: Sequence[float]) -> float:
     return t.get(len(xs), 2.0) * statistics.stdev(xs) / math.sqrt(len(xs))
 
 
-def _runners(config: Path, threads: int) -> tuple[dict[str, Runner], dict[str, float]]:
+def _runners(config: Path, threads: int) -> tuple[dict[str, Runner], dict[str, object]]:
     """Untrained network of ``config`` (speed does not depend on training) on torch, ORT one graph and
     ORT trunk / head pair, all on the CPU with ``threads`` threads."""
     from tunepp_deploy.export.metadata import meta_for
@@ -162,7 +162,7 @@ def _runners(config: Path, threads: int) -> tuple[dict[str, Runner], dict[str, f
     cpu = torch.device("cpu")
     t = time.perf_counter()
     onnx_bytes = build_onnx(net, meta).SerializeToString()
-    info = {"export_seconds": round(time.perf_counter() - t, 1)}
+    info: dict[str, object] = {"export_seconds": round(time.perf_counter() - t, 1)}
     runners: dict[str, Runner] = {"torch": TorchRunner(net, meta, cpu),
                                   "ort": OrtRunner(onnx_bytes, meta, cpu, threads),
                                   "ort_pair": OrtRunner(onnx_bytes, meta, cpu, threads, split=True)}
@@ -172,6 +172,7 @@ def _runners(config: Path, threads: int) -> tuple[dict[str, Runner], dict[str, f
         from tunepp_deploy.infer.runners.openvino_runner import OpenVinoRunner
 
         runners["openvino"] = OpenVinoRunner(onnx_bytes, meta, cpu, threads)
+        runners["openvino_pair"] = OpenVinoRunner(onnx_bytes, meta, cpu, threads, split=True)
     return runners, info
 
 
@@ -194,9 +195,15 @@ def run(config: Path, samples: int = 25, sizes: Sequence[int] = (1, 5, 25), repe
         graphs = [n for n in ("ort", "openvino") if n in runners]
         for name in ("torch", *graphs):
             fns[f"{name}/naive"] = _naive(runners[name], x, masks, passes)
-        for name in graphs:  # one-graph runners: all S rows in one call (fewer rows would rerun the trunk)
-            fns[f"{name}/one_graph"] = _mc_window(runners[name], x, masks, samples)
-        for name in ("torch", "ort_pair"):
+        for name in graphs:  # one-graph runners: the rows per call `tunepp infer` plans by default (its memory
+            # budget; fewer than S rerun the trunk per call) -- all S rows of a 96^3 window in one call need ~23 GB
+            r = runners[name]
+            n = plan_calls(r.meta, samples, 1, r.meta.config.infer.memory_gb * CALL_SHARE, r.max_rows).samples_per_call
+            if n > 1:  # one row per call is the naive loop itself (S full passes), already timed
+                fns[f"{name}/one_graph_rows{n}"] = _mc_window(r, x, masks, n)
+            else:
+                info[f"{name}_one_graph"] = "1 row per call under the memory budget: the naive loop itself"
+        for name in ("torch", "ort_pair", *(["openvino_pair"] if "openvino_pair" in runners else [])):
             for s in sizes:
                 fns[f"{name}/rows{s}"] = _mc_window(runners[name], x, masks, s)
         times = alternate(fns, repeats)
@@ -245,6 +252,7 @@ def markdown(results: Sequence[dict]) -> str:
         for k, r in res["results"].items():
             out.append(f"| {k} | {r['median_s']:.3f} | {r['mean_s']:.3f} ± {r['ci95_s']:.3f} | "
                        f"{r['speedup_vs_naive']:.2f}x |")
+        out += [f"- {k.removesuffix('_one_graph')} one graph: {v}" for k, v in res.items() if k.endswith("_one_graph")]
         out.append("")
     return "\n".join(out)
 

@@ -71,6 +71,9 @@ class DelegatingRunner(Runner):
     def splits(self) -> bool:
         return self.inner.splits
 
+    def enable_split(self) -> bool:
+        return self.inner.enable_split()
+
     def trunk_bytes(self, windows: int) -> int | None:
         return self.inner.trunk_bytes(windows)
 
@@ -186,6 +189,9 @@ class ReuseOffRunner(DelegatingRunner):
     @property
     def splits(self) -> bool:
         return False  # the baseline: one whole-graph call per rows, nothing shared or cached
+
+    def enable_split(self) -> bool:
+        return False
 
     def trunk_bytes(self, windows: int) -> int | None:
         return None

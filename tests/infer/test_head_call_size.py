@@ -198,3 +198,30 @@ def test_cli_rows_per_call_same_maps_auto_measures_and_bad_values_refused(tmp_pa
         assert res.exit_code == 2, res.output
         lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
         assert len(lines) == 1 and "rows-per-call" in lines[0], res.output
+
+
+@pytest.mark.parametrize("backend", ["ort", "openvino"])
+def test_predictor_switches_a_one_graph_runner_to_its_pair_when_rows_do_not_fit(onnx_file, backend) -> None:
+    """Where the plan cannot take a window's S rows in one call, the TUNE++ predictor puts an ONNX runner
+    on its trunk / head pair (the trunk then runs once per window, not once per call); the maps equal
+    the one graph's; where they fit, the runner stays one graph."""
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="openvino is not installed: pip install 'tunepp-deploy[openvino]'")
+    from tunepp_deploy.infer.runners import open_runner
+    from tunepp_deploy.predictors.settings import RunSettings
+    from tunepp_deploy.predictors.tunepp import TuneppPredictor
+
+    vol = torch.rand(1, 40, 36, 30, generator=torch.Generator().manual_seed(2))
+    settings = RunSettings(samples=6, seed=1, overlap=0.5, max_batch=2, memory_gb=4.0, blend="auto", noise_draws=2,
+                           rows_per_call=2)
+    with open_runner(onnx_file, backend=backend, device="cpu", threads=1) as one:
+        assert not one.splits
+        ref_pred = TuneppPredictor(one, settings.with_(rows_per_call=None))
+        assert not one.splits and ref_pred.trunk_pair.startswith("one graph")
+        ref = mc_predict(vol, one, ref_pred.masks, ref_pred.mc).maps.stacked()
+        pred = TuneppPredictor(one, settings)
+        assert one.splits and pred.trunk_pair.startswith("trunk/head pair (2 of 6"), pred.trunk_pair
+        out = pred.predict(vol[0].numpy())
+        assert out.info["trunk_pair"] == pred.trunk_pair
+        got = mc_predict(vol, one, pred.masks, pred.mc).maps.stacked()
+    assert float((got - ref).abs().max()) <= 1e-5

@@ -322,3 +322,31 @@ def test_cli_auto_says_openvino_and_matches_ort(tmp_path: Path, onnx_file: Path,
         a, b = (nib.load(str(o / f"case_a_{kind}.nii.gz")).get_fdata() for o in outs.values())
         assert np.abs(a - b).max() <= MAP_TOL, kind
 
+
+
+@needs_ov
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_trunk_head_pair_equals_one_graph_and_runs_the_trunk_once(onnx_file: Path, ov_runner,
+                                                                 volume: torch.Tensor, rows: int) -> None:
+    """The split runner's maps equal the one graph's for any head-call size, the trunk runs once per
+    window batch (not once per call), and every head call has at most ``rows`` rows."""
+    from tunepp_deploy.infer.runners.openvino_runner import OpenVinoRunner
+
+    meta = ov_runner.meta
+    masks = sample_masks(meta.sites, meta.window, 5, seed=3)
+    ref = mc_predict(volume, ov_runner, masks, MCSettings(samples=5)).maps.stacked()
+    pair = OpenVinoRunner(str(onnx_file), meta, CPU, threads=2, split=True)
+    assert pair.splits and "trunk/head graph pair" in pair.describe() and pair.cut
+    calls: dict[str, list[int]] = {"trunk": [], "head": []}
+    trunk, head = pair.trunk, pair.head
+    pair.trunk = lambda x: (calls["trunk"].append(int(x.shape[0])), trunk(x))[1]  # type: ignore[method-assign]
+    pair.head = lambda f, m: (calls["head"].append(int(m[0].shape[0])), head(f, m))[1]  # type: ignore[method-assign]
+    with pair:
+        res = mc_predict(volume, pair, masks, MCSettings(samples=5, max_batch=2, rows_per_call=rows))
+    got = res.maps.stacked()
+    windows = res.windows
+    assert sum(calls["trunk"]) == windows  # each window's trunk once
+    assert max(calls["head"]) <= max(rows, 1) * 2 and sum(calls["head"]) == 5 * windows
+    d = float((got - ref).abs().max())
+    print(f"rows {rows}: max|pair - one graph| {d:.3g} over {windows} windows")
+    assert d <= 1e-5

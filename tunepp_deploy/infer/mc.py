@@ -161,6 +161,14 @@ def plan_calls(meta: ModelMeta, samples: int, max_batch: int, memory_gb: float, 
     return CallPlan(b_call, s_call, samples, rb)
 
 
+def engine_plan(runner: Runner, settings: MCSettings) -> CallPlan:
+    """The call plan :func:`mc_predict` uses for ``settings`` on ``runner`` (the exact blend's calls get
+    :data:`CALL_SHARE` of the budget, the per-window blend all of it)."""
+    call_gb = settings.memory_gb * (1.0 if settings.blend == "window" else CALL_SHARE)
+    return plan_calls(runner.meta, settings.samples, settings.max_batch, call_gb,
+                      row_cap(runner, settings.rows_per_call))
+
+
 def window_output_bytes(meta: ModelMeta, windows_per_call: int) -> int:
     """What each sample of a chunk costs besides its stitched maps: its window batch's outputs
     ``[n, B, K, *window]`` float32, counted twice. Since the engine reuses one output buffer and the
@@ -202,8 +210,7 @@ def mc_predict(
     if settings.blend not in ("auto", "sample", "window"):
         raise TuneppError(f"unknown blend '{settings.blend}' (use auto, sample or window)")
     blend = "window" if settings.blend == "window" else "sample"
-    call_gb = settings.memory_gb * (CALL_SHARE if blend == "sample" else 1.0)
-    plan = plan_calls(meta, S, settings.max_batch, call_gb, row_cap(runner, settings.rows_per_call))
+    plan = engine_plan(runner, settings)
     noise = torch.from_numpy(draw_logit_noise(settings.seed, range(S), settings.noise_draws, K))
     temp = None if temperature is None else torch.tensor([float(t) for t in temperature], dtype=torch.float32)
     shape = tuple(int(n) for n in volume.shape[1:])
@@ -315,5 +322,5 @@ def mc_predict(
                     extra={"trunk_cache_bytes": float(cache_bytes), "sample_chunks": float(n_chunks)})
 
 
-__all__ = ["Blend", "CallPlan", "MCResult", "MCSettings", "check_rows_per_call", "mc_predict",
+__all__ = ["Blend", "CallPlan", "MCResult", "MCSettings", "check_rows_per_call", "engine_plan", "mc_predict",
            "parse_rows_per_call", "plan_calls", "row_bytes", "row_cap", "window_output_bytes"]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from tunepp_deploy.infer.masks import identity_masks, mask_alignment, sample_masks
-from tunepp_deploy.infer.mc import MCSettings, check_rows_per_call, mc_predict
+from tunepp_deploy.infer.mc import MCSettings, check_rows_per_call, engine_plan, mc_predict
 from tunepp_deploy.infer.runners.base import Runner
 from tunepp_deploy.infer.sliding_window import count_windows
 from tunepp_deploy.infer.uncertainty import clamp_and_sum
@@ -52,6 +52,21 @@ class TuneppPredictor(Predictor):
                              noise_draws=settings.noise_draws, rows_per_call=self.rows_per_call)
         self.masks = (identity_masks(meta.sites, meta.window, 1) if settings.deterministic
                       else sample_masks(meta.sites, meta.window, settings.samples, settings.seed))
+        self.trunk_pair = self._pair_if_needed(runner, self.mc)
+
+    @staticmethod
+    def _pair_if_needed(runner: Runner, mc: MCSettings) -> str:
+        """A one-graph runner whose call plan cannot take a window's S rows at once would rerun the trunk
+        every call (at 96^3 the budget allows 1 row: S full passes); such a runner switches to its trunk /
+        head pair where it has one (measured: bench/results/head_calls.md). Returns what was done, in words."""
+        if runner.splits:
+            return "split runner"
+        per_call = engine_plan(runner, mc).samples_per_call
+        if mc.samples <= 1 or per_call >= mc.samples:
+            return "one graph (a window's samples fit one call)"
+        if runner.enable_split():
+            return f"trunk/head pair ({per_call} of {mc.samples} rows per call)"
+        return f"one graph, trunk rerun per call ({per_call} of {mc.samples} rows per call; no pair on this backend)"
 
     @staticmethod
     def _rows_per_call(runner: Runner, settings: RunSettings) -> tuple[int | None, str]:
@@ -98,6 +113,7 @@ class TuneppPredictor(Predictor):
             "sample_chunks": int(res.extra["sample_chunks"]),
             "trunk": res.trunk,
             "rows_per_call": self.rows_per_call_how,
+            "trunk_pair": self.trunk_pair,
         }
         return Prediction(m.mean_probs, maps, info)
 

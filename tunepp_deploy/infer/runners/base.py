@@ -68,6 +68,12 @@ class Runner(ABC):
         """Whether :meth:`trunk` / :meth:`head` can be called apart (torch); exported graphs run whole."""
         return False
 
+    def enable_split(self) -> bool:
+        """Switch to a trunk / head graph pair where the backend has one (ONNX Runtime and OpenVINO on a
+        CPU); returns whether the runner :attr:`splits` now. The TUNE++ predictor calls it when a window's
+        S rows do not fit one call, where a one-graph runner would rerun the trunk per call."""
+        return self.splits
+
     def trunk_bytes(self, windows: int) -> int | None:
         """Bytes of :meth:`trunk`'s outputs for ``windows`` windows (only where :attr:`splits`)."""
         return None

@@ -18,6 +18,13 @@ the compiled model with its infer request. The MC engine's call plan (:func:`~tu
 uses a handful of shapes per run (the full chunk, the last chunk, the last window batch), so the cache
 stays small; it is bounded (:data:`MAX_COMPILED`) for callers that vary shapes freely.
 
+**Trunk / head pair** (``split=True``). A one-graph call of fewer rows than a window's S samples reruns
+the trunk, and at 96^3 the memory budget allows one row per call (``plan_calls``), so the one graph would
+run S full passes: no trunk reuse at all. With ``split`` the runner cuts the ONNX graph where the masks
+enter (:func:`~tunepp_deploy.infer.runners.ort_runner.split_graph`, as ONNX Runtime's pair), compiles
+both parts per static shape, and the engine runs the trunk once per window batch and the head in small
+calls (:func:`~tunepp_deploy.infer.runners.base.default_rows_per_call`). The maps do not change (tested).
+
 The dropout masks are graph inputs, exactly as for ONNX Runtime (the graph has no ``Dropout`` or
 ``Random*`` node: the stochasticity is in the masks the engine draws from the seed), and the logit
 noise is applied by the engine after the call, on ``log_var``. So every backend sees the same samples.
@@ -140,7 +147,7 @@ class OpenVinoRunner(Runner):
     name = "openvino"
 
     def __init__(self, model: str | bytes, meta: ModelMeta, device: torch.device, threads: int | None = None,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", split: bool = False) -> None:
         if device.type != "cpu":
             raise TuneppError(f"--backend openvino runs on the CPU, not {device} (use --device cpu)")
         if threads is not None and threads < 1:
@@ -169,6 +176,36 @@ class OpenVinoRunner(Runner):
         self.mask_names = meta.mask_names
         self.version = openvino_version() or "?"
         self._compiled: OrderedDict[tuple[int, int], tuple[Any, Any]] = OrderedDict()
+        self.cut: list[str] = []
+        self._parts: tuple[Any, Any] | None = None  # (trunk, head) OpenVINO models when split
+        self._part_compiled: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()
+        self._source = model
+        if split:
+            self._parts = self._split(model)
+
+    def _split(self, model: str | bytes) -> tuple[Any, Any]:
+        """The trunk and head OpenVINO models of the graph cut where the masks enter (module docstring)."""
+        import onnx
+
+        from tunepp_deploy.infer.runners.ort_runner import split_graph
+
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
+        trunk, head, self.cut = split_graph(proto, INPUT_NAME, self.mask_names, OUTPUT_NAMES)
+        try:
+            return (self.core.read_model(trunk.SerializeToString()), self.core.read_model(head.SerializeToString()))
+        except Exception as e:
+            raise TuneppError(f"OpenVINO cannot read the trunk / head parts of {self.where}: {ov_message(e)}") from None
+
+    @property
+    def splits(self) -> bool:
+        """True with the trunk / head pair (``split=True``): the engine runs the trunk once per window batch."""
+        return self._parts is not None
+
+    def enable_split(self) -> bool:
+        """Build the trunk / head pair now (module docstring); the one graph stays for :meth:`infer`."""
+        if self._parts is None:
+            self._parts = self._split(self._source)
+        return True
 
     def config(self) -> dict[str, Any]:
         """The properties every compile passes: the precision hint always, the thread count when given."""
@@ -187,24 +224,71 @@ class OpenVinoRunner(Runner):
         if hit is not None:
             self._compiled.move_to_end(key)
             return hit
-        shapes = {INPUT_NAME: [windows, self.meta.in_channels, *self.meta.window]}
-        shapes.update({n: list(s.mask_shape(self.meta.window, rows))
-                       for n, s in zip(self.mask_names, self.meta.sites, strict=True)})
-        graph = self.model.clone()
-        try:
-            graph.reshape(shapes)
-            compiled = self.core.compile_model(graph, "CPU", self.config())
-        except Exception as e:
-            raise RuntimeError(f"OpenVINO: cannot compile the graph for {windows} windows x {rows} rows: "
-                               f"{ov_message(e)}") from None
-        got = element_type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
-        if got != _HINTS[self.precision]:
-            raise TuneppError(f"OpenVINO compiled {self.where} at {got}, not the requested {_HINTS[self.precision]}")
-        entry = (compiled, compiled.create_infer_request())
+        shapes = {INPUT_NAME: [windows, self.meta.in_channels, *self.meta.window], **self._mask_shapes(rows)}
+        entry = self._compile(self.model, shapes, f"{windows} windows x {rows} rows")
         self._compiled[key] = entry
         while len(self._compiled) > MAX_COMPILED:
             self._compiled.popitem(last=False)
         return entry
+
+    def _mask_shapes(self, rows: int) -> dict[str, list[int]]:
+        return {n: list(s.mask_shape(self.meta.window, rows)) for n, s in zip(self.mask_names, self.meta.sites,
+                                                                             strict=True)}
+
+    def _compile(self, model: Any, shapes: dict[str, list[int]], what: str) -> tuple[Any, Any]:
+        """``model`` reshaped to ``shapes``, compiled with :meth:`config`, its precision checked; + a request."""
+        graph = model.clone()
+        try:
+            graph.reshape(shapes)
+            compiled = self.core.compile_model(graph, "CPU", self.config())
+        except Exception as e:
+            raise RuntimeError(f"OpenVINO: cannot compile the graph for {what}: {ov_message(e)}") from None
+        got = element_type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if got != _HINTS[self.precision]:
+            raise TuneppError(f"OpenVINO compiled {self.where} at {got}, not the requested {_HINTS[self.precision]}")
+        return compiled, compiled.create_infer_request()
+
+    def _part(self, which: int, shapes: dict[str, list[int]]) -> tuple[Any, Any]:
+        """The compiled trunk (0) or head (1) for these input shapes (cached, bounded like the one graph)."""
+        assert self._parts is not None
+        key = (which, *sorted((n, tuple(v)) for n, v in shapes.items()))
+        hit = self._part_compiled.get(key)
+        if hit is not None:
+            self._part_compiled.move_to_end(key)
+            return hit
+        entry = self._compile(self._parts[which], shapes, ("the trunk" if which == 0 else "the head") + f" {shapes}")
+        self._part_compiled[key] = entry
+        while len(self._part_compiled) > 2 * MAX_COMPILED:
+            self._part_compiled.popitem(last=False)
+        return entry
+
+    def _run(self, compiled: Any, request: Any, feed: dict[str, np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
+        try:
+            # share_inputs: no copy of the feeds; outputs are copied out of the request's buffers, which the
+            # next call on the same shape overwrites while the engine may still hold this call's tensors
+            result = request.infer(feed, share_inputs=True, share_outputs=False)
+        except Exception as e:
+            raise RuntimeError(f"OpenVINO: {ov_message(e)}") from None
+        return [np.asarray(result[compiled.output(n)]) for n in names]
+
+    def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The trunk part's cut tensors for windows ``x`` (what :meth:`head` takes), as CPU tensors."""
+        if self._parts is None:
+            raise NotImplementedError("the openvino runner runs its graph whole (open it with split=True)")
+        xs = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        compiled, request = self._part(0, {INPUT_NAME: list(xs.shape)})
+        return tuple(torch.from_numpy(o) for o in self._run(compiled, request, {INPUT_NAME: xs}, self.cut))
+
+    def head(self, feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head part on :meth:`trunk` outputs for ``masks`` (S' x B rows, sample-major)."""
+        if self._parts is None:
+            raise NotImplementedError("the openvino runner runs its graph whole (open it with split=True)")
+        feed = {n: np.ascontiguousarray(f.detach().cpu().numpy()) for n, f in zip(self.cut, feats, strict=True)}
+        feed.update({n: np.ascontiguousarray(m.detach().to("cpu", torch.float32).numpy())
+                     for n, m in zip(self.mask_names, masks, strict=True)})
+        compiled, request = self._part(1, {n: list(a.shape) for n, a in feed.items()})
+        logits, log_var = self._run(compiled, request, feed, OUTPUT_NAMES)
+        return torch.from_numpy(logits), torch.from_numpy(log_var)
 
     def precision_hint(self, windows: int = 1, rows: int = 1) -> str:
         """``INFERENCE_PRECISION_HINT`` of the compiled model for that shape, as OpenVINO reports it (``f32``)."""
@@ -216,7 +300,8 @@ class OpenVinoRunner(Runner):
 
     def describe(self) -> str:
         threads = f", {self.threads} threads" if self.threads else ""
-        return f"openvino on cpu (OpenVINO {self.version}, {self.precision}{threads})"
+        pair = ", trunk/head graph pair" if self._parts is not None else ""
+        return f"openvino on cpu (OpenVINO {self.version}, {self.precision}{threads}{pair})"
 
     def infer(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = int(masks[0].shape[0]) if masks else int(x.shape[0])
@@ -224,18 +309,13 @@ class OpenVinoRunner(Runner):
         feed = {INPUT_NAME: np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())}
         feed.update({n: np.ascontiguousarray(m.detach().to("cpu", torch.float32).numpy())
                      for n, m in zip(self.mask_names, masks, strict=True)})
-        try:
-            # share_inputs: no copy of the feeds; outputs are copied out of the request's buffers, which the
-            # next call on the same shape overwrites while the engine may still hold this call's tensors
-            result = request.infer(feed, share_inputs=True, share_outputs=False)
-        except Exception as e:
-            raise RuntimeError(f"OpenVINO: {ov_message(e)}") from None
-        logits, log_var = (torch.from_numpy(np.asarray(result[compiled.output(n)])) for n in OUTPUT_NAMES)
-        return logits, log_var
+        logits, log_var = self._run(compiled, request, feed, OUTPUT_NAMES)
+        return torch.from_numpy(logits), torch.from_numpy(log_var)
 
     def close(self) -> None:
         """Drop the compiled models (their memory is OpenVINO's, freed with the last reference)."""
         self._compiled.clear()
+        self._part_compiled.clear()
 
 
 __all__ = ["EXTRA_HINT", "MAX_COMPILED", "PRECISIONS", "OpenVinoRunner", "check_model_io", "element_type_name",

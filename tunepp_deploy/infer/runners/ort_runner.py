@@ -131,11 +131,19 @@ class OrtRunner(Runner):
         self.mask_names = meta.mask_names
         self._pair: tuple[ort.InferenceSession, ort.InferenceSession] | None = None
         self.cut: list[str] = []
+        self._source, self._threads = model, threads
         if split:
+            self.enable_split()
+
+    def enable_split(self) -> bool:
+        """Build the trunk / head session pair (CPU provider only; on CUDA the one graph stays: False)."""
+        if self._pair is None and self.device.type == "cpu":
+            model = self._source
             proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
             trunk, head, self.cut = split_graph(proto, INPUT_NAME, self.mask_names, OUTPUT_NAMES)
-            self._pair = (make_session(trunk.SerializeToString(), device, threads),
-                          make_session(head.SerializeToString(), device, threads))
+            self._pair = (make_session(trunk.SerializeToString(), self.device, self._threads),
+                          make_session(head.SerializeToString(), self.device, self._threads))
+        return self._pair is not None
 
     def describe(self) -> str:
         pair = ", trunk/head graph pair" if self._pair is not None else ""
