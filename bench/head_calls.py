@@ -177,7 +177,8 @@ def _runners(config: Path, threads: int) -> tuple[dict[str, Runner], dict[str, o
 
 
 def run(config: Path, samples: int = 25, sizes: Sequence[int] = (1, 5, 25), repeats: int = 3,
-        threads: int = 2, naive_passes: int | None = None) -> dict[str, object]:
+        threads: int = 2, naive_passes: int | None = None,
+        backends: Sequence[str] = ("torch", "ort", "openvino")) -> dict[str, object]:
     """The report's measurements for one config's window (module docstring).
 
     ``naive_passes`` (default ``samples``): the naive loop's passes actually run per repeat; fewer are
@@ -188,6 +189,9 @@ def run(config: Path, samples: int = 25, sizes: Sequence[int] = (1, 5, 25), repe
     load0 = list(os.getloadavg())
     try:
         runners, info = _runners(config, threads)
+        for name in list(runners):  # the runtimes asked for (each with its pair); torch always (the window, masks)
+            if name != "torch" and name.removesuffix("_pair") not in backends:
+                runners.pop(name).close()
         some = runners["torch"]
         x, masks = _window_and_masks(some, samples, 0)
         passes = samples if naive_passes is None else max(1, min(samples, int(naive_passes)))
@@ -203,7 +207,7 @@ def run(config: Path, samples: int = 25, sizes: Sequence[int] = (1, 5, 25), repe
                 fns[f"{name}/one_graph_rows{n}"] = _mc_window(r, x, masks, n)
             else:
                 info[f"{name}_one_graph"] = "1 row per call under the memory budget: the naive loop itself"
-        for name in ("torch", "ort_pair", *(["openvino_pair"] if "openvino_pair" in runners else [])):
+        for name in [n for n in ("torch", "ort_pair", "openvino_pair") if n in runners]:
             for s in sizes:
                 fns[f"{name}/rows{s}"] = _mc_window(runners[name], x, masks, s)
         times = alternate(fns, repeats)
@@ -213,7 +217,7 @@ def run(config: Path, samples: int = 25, sizes: Sequence[int] = (1, 5, 25), repe
         rows = {k: {"median_s": statistics.median(v), "mean_s": statistics.fmean(v), "ci95_s": _ci95(v),
                     "runs_s": v} for k, v in times.items()}
         for k, r in rows.items():
-            base = rows[f"{k.split('/')[0].replace('ort_pair', 'ort')}/naive"]["median_s"]
+            base = rows[f"{k.split('/')[0].removesuffix('_pair')}/naive"]["median_s"]  # a pair vs its own runtime
             r["speedup_vs_naive"] = base / r["median_s"]
         meta = some.meta
         for r in runners.values():
@@ -265,12 +269,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--naive-passes", type=int, default=None)
+    ap.add_argument("--backends", type=str, default="torch,ort,openvino",
+                    help="runtimes besides torch (each with its trunk/head pair): ort, openvino")
     ap.add_argument("--out", type=Path, default=Path("bench/results/head_calls"))
     a = ap.parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(",")]
     results = []
     for cfg in a.config:
-        results.append(run(cfg, a.samples, sizes, a.repeats, a.threads, a.naive_passes))
+        results.append(run(cfg, a.samples, sizes, a.repeats, a.threads, a.naive_passes,
+                           [b for b in a.backends.split(",") if b]))
         for suffix, text in ((".json", json.dumps(results, indent=2)), (".md", markdown(results))):
             write_atomic(a.out.with_suffix(suffix), lambda t, text=text: t.write_text(text))  # after every config
         print(markdown(results[-1:]), flush=True)

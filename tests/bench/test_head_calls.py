@@ -126,3 +126,31 @@ def test_markdown_names_threads_and_load() -> None:
     text = markdown([res])
     assert "2 threads" in text and "| torch/rows5 | 1.000 |" in text and "2.00x" in text
     assert "1.50/1.25/1.00 at start" in text and "not recorded at the end" in text
+
+
+def test_run_end_to_end_on_a_tiny_config(tmp_path: Path) -> None:
+    """``run`` on a tiny network: every runtime's rows have a ratio against the same runtime's naive loop
+    (a pair against its own runtime), and the markdown renders."""
+    import yaml
+
+    from tunepp_deploy.bench.head_calls import run
+    from tunepp_deploy.config.load import config_to_dict
+
+    cfg = load_config(REPO / "configs" / "phantom.yaml")
+    d = config_to_dict(cfg)
+    d["data"]["crop_size"] = [32, 32, 32]
+    d["model"].update(widths=[4, 8, 8, 8], full_res_channels=4, proj_tokens=8)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(d))
+    threads = torch.get_num_threads()
+    try:
+        res = run(path, samples=3, sizes=(1, 3), repeats=1, threads=1, naive_passes=1)
+    finally:
+        torch.set_num_threads(threads)
+    rows = res["results"]
+    assert {"torch/naive", "ort/naive", "torch/rows1", "torch/rows3", "ort_pair/rows1", "ort_pair/rows3"} <= set(rows)
+    assert all(r["speedup_vs_naive"] > 0 for r in rows.values())
+    if "openvino/naive" in rows:  # the [openvino] extra is installed: its pair is scored against its own naive loop
+        assert {"openvino_pair/rows1", "openvino_pair/rows3"} <= set(rows)
+    text = markdown([res])
+    assert "| ort_pair/rows3 |" in text and "32x32x32" in text
