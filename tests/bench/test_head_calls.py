@@ -132,8 +132,8 @@ def test_run_end_to_end_on_a_tiny_config(tmp_path: Path) -> None:
     """``run`` on a tiny network: every runtime's rows have a ratio against the same runtime's naive loop
     (a pair against its own runtime), and the markdown renders."""
     import yaml
-
     from tunepp_deploy.bench.head_calls import run
+
     from tunepp_deploy.config.load import config_to_dict
 
     cfg = load_config(REPO / "configs" / "phantom.yaml")
