@@ -20,10 +20,11 @@ import numpy as np
 
 from tunepp_deploy.data.nifti import write_atomic
 
-COLUMNS = [("samples", "S"), ("dice", "Dice"), ("iou", "IoU"), ("betti_error", "Betti err"), ("ece", "ECE"),
+COLUMNS = [("samples", "S"), ("dice", "Dice"), ("iou", "IoU"), ("betti_error", "Betti err"),
+           ("betti_error_small_removed", "Betti err, <10 vox removed"), ("ece", "ECE"),
            ("ece_fg", "ECE fg"), ("u_ece_fg", "U-ECE fg"), ("auroc", "AUROC"), ("aurc", "AURC"),
-           ("triage_at_25", "triage@25%"), ("latency_torch_s", "torch s/vol"), ("latency_ort_s", "ORT s/vol"),
-           ("train_seconds", "train s")]
+           ("auroc_msp", "AUROC max-softmax"), ("triage_at_25", "triage@25%"), ("latency_torch_s", "torch s/vol"),
+           ("latency_ort_s", "ORT s/vol"), ("train_seconds", "train s")]
 
 
 def _fmt(v: Any) -> str:
@@ -66,8 +67,11 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", "- **ECE / ECE fg**: top-label ECE of the mean probabilities over all voxels / over the union of "
               "predicted and true foreground. **U-ECE fg**: the saliency seed's calibration of the *uncertainty map* "
               "(ECE of 1 - norm(U) for argmax correctness over the same foreground union). AUROC / AURC: the map "
-              "ranking voxel errors. triage@25%: share of the failed cases (Dice below the threshold or any Betti "
-              "error) found by reviewing the 25% most uncertain cases (case score: mean U over the predicted "
+              "ranking voxel errors near the foreground (predicted and true foreground dilated by 2 voxels; over "
+              "all voxels in compare.json's auroc_all); AUROC max-softmax: the same ranking by the method's own "
+              "1 - max p (a single-map baseline). triage@25%: share of the failed cases (mean Dice < 0.8, or Betti "
+              "error > 1 once predicted components under 10 voxels are removed: the fidelity v2 rule) found by "
+              "reviewing the 25% most uncertain cases (case score: mean U over the predicted "
               "foreground); failed test cases per row: " + ", ".join(
                   f"{n} {r.get('failed_cases')}/{len(results['test_cases'])}" for n, r in results["methods"].items())
               + " — with few test cases it stays near the budget whatever the map.",

@@ -47,7 +47,7 @@ from rich.console import Console
 from tunepp_deploy.data.nifti import write_atomic
 from tunepp_deploy.errors import ConfigError, TuneppError
 from tunepp_deploy.experiments.fidelity import _init_worker, _train_once
-from tunepp_deploy.experiments.fidelity_metrics import FailureRule
+from tunepp_deploy.metrics.triage import FailureRule
 
 #: The variants of issue #14: today's default first (the reference of every paired difference).
 DEFAULT_VARIANTS = ("dec1+dec0", "dec0", "head")
@@ -200,7 +200,8 @@ def score_run(out: Path, gt: Path, s: SitesSettings) -> Path:
     """``cases.json``: ``{"det": {case: metrics}, "mc": {case: metrics}}`` (:mod:`.fidelity_metrics`;
     the MC rows also rank the epistemic map)."""
     from tunepp_deploy.evaluation.cases import load_pair, pair_cases
-    from tunepp_deploy.experiments.fidelity_metrics import det_case_metrics, mc_case_metrics, ranking_metrics
+    from tunepp_deploy.experiments.fidelity_metrics import det_case_metrics, mc_case_metrics
+    from tunepp_deploy.metrics.taus import ranking_metrics
 
     path = out / "cases.json"
     if path.is_file():

@@ -12,7 +12,6 @@ make every map look excellent.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,31 +19,9 @@ import numpy as np
 from tunepp_deploy.metrics.calibration import foreground_region, reliability
 from tunepp_deploy.metrics.distance import hd95_per_class
 from tunepp_deploy.metrics.overlap import dice_per_class
-from tunepp_deploy.metrics.ranking import auroc, risk_coverage
-from tunepp_deploy.metrics.taus import near_foreground
+from tunepp_deploy.metrics.taus import ranking_metrics
 from tunepp_deploy.metrics.topology import betti_error_per_label
-from tunepp_deploy.metrics.triage import case_score
-
-
-@dataclass(frozen=True)
-class FailureRule:
-    """A case fails when its mean foreground Dice is below ``dice`` or its Betti error, ignoring
-    predicted components under ``min_voxels`` voxels, exceeds ``betti_tolerance``.
-
-    Not "any Betti error": with that rule every case of a short-trained model fails and a triage
-    curve measures nothing (the v1 experiment's 15/15).
-    """
-
-    dice: float = 0.8
-    betti_tolerance: int = 1
-    min_voxels: int = 10
-
-    def failed(self, mean_dice: float, betti_error_small_removed: int) -> bool:
-        return bool(mean_dice < self.dice or betti_error_small_removed > self.betti_tolerance)
-
-    def describe(self) -> str:
-        return (f"mean foreground Dice < {self.dice} or Betti error (components under {self.min_voxels} voxels "
-                f"removed) > {self.betti_tolerance}")
+from tunepp_deploy.metrics.triage import FailureRule, case_score
 
 
 def _mean(x: np.ndarray) -> float:
@@ -69,16 +46,6 @@ def segmentation_metrics(seg: np.ndarray, truth: np.ndarray, num_classes: int, s
         "betti_error_small_removed": int(be_k.sum()),
         "betti_matching_error": int(np.asarray(betti_matching_error(seg, truth, num_classes)).sum()),
     }
-
-
-def ranking_metrics(score: np.ndarray, seg: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Voxel AUROC and AURC of ``score`` for the errors of ``seg`` near the foreground."""
-    region = near_foreground(seg, truth)
-    err = (seg != truth)[region]
-    if not region.any() or err.all() or not err.any():
-        return {"auroc": float("nan"), "aurc": float("nan")}
-    rc = risk_coverage(score[region], err)
-    return {"auroc": auroc(score[region], err), "aurc": rc.aurc}
 
 
 def entropy(probs: np.ndarray) -> np.ndarray:

@@ -52,6 +52,27 @@ def case_failed(
 
 
 @dataclass(frozen=True)
+class FailureRule:
+    """A case fails when its mean foreground Dice is below ``dice`` or its Betti error, ignoring
+    predicted components under ``min_voxels`` voxels, exceeds ``betti_tolerance``.
+
+    Not "any Betti error": with that rule every case of a short-trained model fails and a triage
+    curve measures nothing (the v1 experiment's 15/15).
+    """
+
+    dice: float = 0.8
+    betti_tolerance: int = 1
+    min_voxels: int = 10
+
+    def failed(self, mean_dice: float, betti_error_small_removed: int) -> bool:
+        return bool(mean_dice < self.dice or betti_error_small_removed > self.betti_tolerance)
+
+    def describe(self) -> str:
+        return (f"mean foreground Dice < {self.dice} or Betti error (components under {self.min_voxels} voxels "
+                f"removed) > {self.betti_tolerance}")
+
+
+@dataclass(frozen=True)
 class TriageCurve:
     """Fraction of cases reviewed (0, 1/N, ..., 1) and the fraction of failures found."""
 
@@ -91,6 +112,7 @@ def ood_auroc(in_dist_scores: Sequence[float], shifted_scores: Sequence[float]) 
 __all__ = [
     "DEFAULT_BUDGET",
     "DEFAULT_DICE_THRESHOLD",
+    "FailureRule",
     "TriageCurve",
     "case_failed",
     "case_score",
