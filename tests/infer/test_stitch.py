@@ -109,7 +109,7 @@ def test_fold_log_within_three_ulp_of_libm() -> None:
     from tunepp_deploy.infer.stitch import log64
 
     x = np.concatenate([np.geomspace(ENTROPY_EPS, 1.0, 500_001), np.linspace(0.5, 2.0, 50_001), [1.0, 1 - 1e-16]])
-    ref = np.log(x)
-    ulps = np.abs(log64(x) - ref) / np.spacing(np.maximum(np.abs(ref), np.finfo(np.float64).tiny))
-    assert ulps.max() <= 3.0
-    assert log64(np.array([1.0]))[0] == 0.0
+    ref, got = np.log(x), log64(x)
+    nz = ref != 0  # spacing(0) is a denormal, which is 0 where a library has set flush-to-zero (seen in CI)
+    assert (np.abs(got[nz] - ref[nz]) / np.spacing(np.abs(ref[nz]))).max() <= 3.0
+    assert np.all(got[~nz] == 0.0) and log64(np.array([1.0]))[0] == 0.0
