@@ -37,6 +37,7 @@ from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.infer.masks import SampleMasks, sample_masks
 from tunepp_deploy.infer.mc import CALL_SHARE, check_rows_per_call, plan_calls
 from tunepp_deploy.infer.runners.base import Runner, default_rows_per_call
+from tunepp_deploy.metrics.intervals import format_mean_ci, t_half_width
 
 #: Row counts tried per head call (25 = all of MC-25 in one call; 5 and 13 split it evenly-ish).
 CANDIDATES = (1, 2, 4, 5, 8, 13, 25)
@@ -136,14 +137,6 @@ def choose_rows_per_call(runner: Runner, samples: int = 25, sizes: Sequence[int]
     return min(med, key=lambda s: (med[s], -s))
 
 
-def _ci95(xs: Sequence[float]) -> float:
-    """Half-width of the 95% t-interval of the mean (0 for one value)."""
-    if len(xs) < 2:
-        return 0.0
-    t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
-    return t.get(len(xs), 2.0) * statistics.stdev(xs) / math.sqrt(len(xs))
-
-
 def _runners(config: Path, threads: int) -> tuple[dict[str, Runner], dict[str, object]]:
     """Untrained network of ``config`` (speed does not depend on training) on torch, ORT one graph and
     ORT trunk / head pair, all on the CPU with ``threads`` threads."""
@@ -214,7 +207,7 @@ def run(config: Path, samples: int = 25, sizes: Sequence[int] = (1, 5, 25), repe
         scale = samples / passes
         for k in [f"{n}/naive" for n in ("torch", *graphs)]:
             times[k] = [t * scale for t in times[k]]
-        rows = {k: {"median_s": statistics.median(v), "mean_s": statistics.fmean(v), "ci95_s": _ci95(v),
+        rows = {k: {"median_s": statistics.median(v), "mean_s": statistics.fmean(v), "ci95_s": t_half_width(v),
                     "runs_s": v} for k, v in times.items()}
         for k, r in rows.items():
             base = rows[f"{k.split('/')[0].removesuffix('_pair')}/naive"]["median_s"]  # a pair vs its own runtime
@@ -254,7 +247,7 @@ def markdown(results: Sequence[dict]) -> str:
                 f"Default rows per call (split runners) for this window: {res['default_rows_per_call_split']}.",
                 "", "| configuration | median s | mean ± 95% CI s | x vs naive (same runtime) |", "|---|---|---|---|"]
         for k, r in res["results"].items():
-            out.append(f"| {k} | {r['median_s']:.3f} | {r['mean_s']:.3f} ± {r['ci95_s']:.3f} | "
+            out.append(f"| {k} | {r['median_s']:.3f} | {format_mean_ci(r['mean_s'], r['ci95_s'], len(r['runs_s']))} | "
                        f"{r['speedup_vs_naive']:.2f}x |")
         out += [f"- {k.removesuffix('_one_graph')} one graph: {v}" for k, v in res.items() if k.endswith("_one_graph")]
         out.append("")

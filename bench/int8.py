@@ -46,6 +46,7 @@ from tunepp_deploy.infer.masks import sample_masks
 from tunepp_deploy.infer.mc import MCSettings, mc_predict
 from tunepp_deploy.infer.runners.base import Runner
 from tunepp_deploy.infer.runners.load import read_onnx_meta
+from tunepp_deploy.metrics.intervals import format_mean_ci, mean_ci95
 from tunepp_deploy.metrics.overlap import dice_per_class
 
 CPU = torch.device("cpu")
@@ -114,15 +115,10 @@ def _maps(result) -> dict[str, np.ndarray]:
     return {k: v.detach().to("cpu", torch.float32).numpy() for k, v in out.items()}
 
 
-def t_interval(values: Sequence[float]) -> dict[str, float]:
-    """Mean and 95% t-interval half-width of ``values`` (NaN-free; half-width 0 for one value)."""
-    from scipy import stats
-
-    v = np.asarray([x for x in values if np.isfinite(x)], np.float64)
-    if len(v) == 0:
-        return {"mean": float("nan"), "half_width": float("nan"), "n": 0}
-    hw = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
-    return {"mean": float(v.mean()), "half_width": hw, "n": len(v)}
+def t_interval(values: Sequence[float]) -> dict[str, float | None]:
+    """Mean, 95% t-interval half-width (None below two finite values) and count, as JSON."""
+    mean, half, n = mean_ci95(values)
+    return {"mean": mean, "half_width": half, "n": n}
 
 
 def accuracy(runners: dict[str, Runner], meta: ModelMeta, data: Path, samples: int, seed: int,
@@ -263,7 +259,7 @@ def tables(res: dict[str, Any]) -> str:
               "|---|---:|---:|---:|---:|" + "---:|" * len(acc["classes"])]
 
     def ci(d: dict[str, float], f: str = ".4f") -> str:
-        return f"{d['mean']:{f}} ± {d['half_width']:{f}}"
+        return format_mean_ci(d["mean"], d["half_width"], d["n"], f)
 
     for k, s in acc["summary"].items():
         lines.append(f"| {k} | {ci(s['label_agreement'], '.5f')} | {s['label_agreement_min']:.5f} | "

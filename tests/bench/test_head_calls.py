@@ -25,6 +25,7 @@ from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.infer.masks import sample_masks
 from tunepp_deploy.infer.mc import MCSettings, mc_predict
 from tunepp_deploy.infer.runners.base import Runner
+from tunepp_deploy.metrics.intervals import t_half_width
 from tunepp_deploy.model.blocks.dropout import DropoutSite
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,11 +122,26 @@ def test_markdown_names_threads_and_load() -> None:
     res = {"config": "configs/synapse.yaml", "window": [96, 96, 96], "samples": 25, "threads": 2, "cpu": "x",
            "torch": "2", "repeats": 3, "naive_passes_run": 5, "naive_scaled_to": 25,
            "default_rows_per_call_split": 2, "loadavg_start": [1.5, 1.25, 1.0],
-           "results": {"torch/naive": {"median_s": 2.0, "mean_s": 2.0, "ci95_s": 0.1, "speedup_vs_naive": 1.0},
-                       "torch/rows5": {"median_s": 1.0, "mean_s": 1.0, "ci95_s": 0.1, "speedup_vs_naive": 2.0}}}
+           "results": {"torch/naive": {"median_s": 2.0, "mean_s": 2.0, "ci95_s": 0.1, "runs_s": [2.0] * 3,
+                                       "speedup_vs_naive": 1.0},
+                       "torch/rows5": {"median_s": 1.0, "mean_s": 1.0, "ci95_s": 0.1, "runs_s": [1.0] * 3,
+                                       "speedup_vs_naive": 2.0}}}
     text = markdown([res])
     assert "2 threads" in text and "| torch/rows5 | 1.000 |" in text and "2.00x" in text
     assert "1.50/1.25/1.00 at start" in text and "not recorded at the end" in text
+
+
+def test_markdown_gives_no_interval_for_one_round() -> None:
+    """One alternated round has no spread to report: the table must say so, not print "± 0.000"."""
+    one = {"median_s": 2.0, "mean_s": 2.0, "ci95_s": t_half_width([2.0]), "runs_s": [2.0], "speedup_vs_naive": 1.0}
+    two = {"median_s": 1.0, "mean_s": 1.0, "ci95_s": t_half_width([0.9, 1.1]), "runs_s": [0.9, 1.1],
+           "speedup_vs_naive": 2.0}
+    res = {"config": "configs/synapse.yaml", "window": [96, 96, 96], "samples": 25, "threads": 2, "cpu": "x",
+           "torch": "2", "repeats": 1, "naive_passes_run": 5, "naive_scaled_to": 25,
+           "default_rows_per_call_split": 2, "results": {"torch/naive": one, "torch/rows5": two}}
+    text = markdown([res])
+    assert "| torch/naive | 2.000 | 2.000 (n = 1, no interval) |" in text and "± 0.000" not in text
+    assert f"1.000 ± {12.706205 * 0.1414214 / 2 ** 0.5:.3f}" in text  # t_{0.975,1} sd / sqrt(2)
 
 
 def test_run_end_to_end_on_a_tiny_config(tmp_path: Path) -> None:

@@ -20,19 +20,17 @@ cancels) with their own interval, and the variational posterior's widths per see
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import yaml
 from rich.console import Console
-from scipy import stats
 
 from tunepp_deploy.config.load import load_config
 from tunepp_deploy.data.nifti import write_atomic
 from tunepp_deploy.errors import DataError, TuneppError
+from tunepp_deploy.metrics.intervals import mean_ci95
 
 if TYPE_CHECKING:
     from tunepp_deploy.compare.run import CompareSettings
@@ -67,11 +65,8 @@ def parse_seeds(text: str) -> list[int]:
 def mean_ci(values: Sequence[float]) -> dict[str, Any]:
     """Mean and 95 % t-interval half-width of the finite ``values`` (``ci`` None below 2 values,
     ``mean`` None when there are none: a metric a row does not have, e.g. ORT latency of saliency)."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return {"mean": None, "ci": None, "n": 0}
-    half = None if v.size < 2 else float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return {"mean": float(v.mean()), "ci": half, "n": int(v.size)}
+    mean, half, n = mean_ci95(values)
+    return {"mean": mean if n else None, "ci": half, "n": n}
 
 
 def _setup(res: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from tunepp_deploy.config.schema import TuneppConfig
 from tunepp_deploy.data.nifti import write_atomic
 from tunepp_deploy.errors import TuneppError
 from tunepp_deploy.losses.gate import pool_to
+from tunepp_deploy.metrics.intervals import mean_ci95
 from tunepp_deploy.model import TUNEPP, build_network
 from tunepp_deploy.model.blocks.tupa import TUPABlock
 
@@ -228,14 +229,8 @@ def score_checkpoints(paths: Sequence[Path], out: Path, test_cases: int = 3, tes
 
 def ci95(values: Sequence[float]) -> list[float]:
     """``[mean, half-width]`` of the 95% Student-t interval (half-width NaN for one value)."""
-    from scipy.stats import t
-
-    v = np.array([x for x in values if not math.isnan(x)], dtype=np.float64)
-    if v.size == 0:
-        return [float("nan"), float("nan")]
-    if v.size == 1:
-        return [float(v[0]), float("nan")]
-    return [float(v.mean()), float(t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))]
+    mean, half, _ = mean_ci95(values)
+    return [mean, float("nan") if half is None else half]
 
 
 def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -77,6 +77,7 @@ from tunepp_deploy.methods.saliency.fusion import (
 from tunepp_deploy.methods.saliency.gradcam import DEFAULT_TARGET, resolve_target
 from tunepp_deploy.methods.saliency.phantom2d import phantom_slices
 from tunepp_deploy.methods.unet2d import UNet2d
+from tunepp_deploy.metrics.intervals import t_half_width
 from tunepp_deploy.metrics.overlap import dice_per_class
 from tunepp_deploy.model import TUNEPP
 
@@ -287,15 +288,9 @@ def _wkey(w: float) -> str:
 
 
 def t_ci95(values: Sequence[float]) -> float | None:
-    """Half-width of the two-sided 95% Student-t interval of the mean of the finite ``values``
-    (``t_{0.975, n-1} sd / sqrt(n)``); None below two values. Seeds are few (3-5), so the normal
-    1.96 would understate the interval by a factor of up to 2.2."""
-    from scipy.stats import t
-
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
-    if v.size < 2:
-        return None
-    return float(t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    """Half-width of the two-sided 95% Student-t interval of the mean of the finite ``values``; None
+    below two values (:func:`tunepp_deploy.metrics.intervals.t_half_width`)."""
+    return t_half_width(values)
 
 
 def _mean_sd(values: Sequence[float]) -> dict[str, float | int | None]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
@@ -31,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 
 from tunepp_deploy.config.load import load_config
 from tunepp_deploy.config.schema import TuneppConfig
@@ -44,6 +42,7 @@ from tunepp_deploy.methods.variational.elbo import elbo_loss
 from tunepp_deploy.methods.variational.posterior import sigma_summary
 from tunepp_deploy.methods.variational.train import VariationalSettings, train_variational
 from tunepp_deploy.methods.variational.validate import validation_dice, validation_uncertainty
+from tunepp_deploy.metrics.intervals import mean_ci95
 
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "phantom.yaml"
 #: Half the phantom config's resolution (same physical extent): the study fits in CPU minutes.
@@ -106,13 +105,8 @@ def log_var_gradients(cfg: TuneppConfig, cases: list[LoadedCase], objective: str
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     """``(mean, half-width of the 95 % t-interval)``; the half-width is NaN for fewer than 2 values."""
-    v = np.asarray([x for x in values if math.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return float("nan"), float("nan")
-    if v.size < 2:
-        return float(v.mean()), float("nan")
-    half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return float(v.mean()), half
+    mean, half, _ = mean_ci95(values)
+    return mean, float("nan") if half is None else half
 
 
 SCORES = ("val_dice", "mc_dice", "fg_entropy", "fg_mutual_info", "error_auroc_near_fg", "error_rate_near_fg")
