@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from tunepp_deploy.data.nifti import write_atomic
+from tunepp_deploy.metrics.intervals import mean_ci95
 from tunepp_deploy.metrics.triage import ood_auroc, triage_curve
 
 SEG = ("dice", "hd95", "betti_error", "betti_error_small_removed", "betti_matching_error")
@@ -23,13 +23,8 @@ MC = (*SEG, "ece_fg", "auroc_total", "aurc_total", "auroc_msp", "aurc_msp")
 
 def ci95(values: list[float]) -> tuple[float, float, int]:
     """``(mean, half-width of the 95% t-interval, n)`` over the finite values (NaN half-width for n < 2)."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
-    if v.size == 0:
-        return float("nan"), float("nan"), 0
-    if v.size == 1:
-        return float(v[0]), float("nan"), 1
-    half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return float(v.mean()), half, int(v.size)
+    mean, half, n = mean_ci95(values)
+    return mean, float("nan") if half is None else half, n
 
 
 def _m(rows: list[dict[str, Any]], key: str) -> float:
