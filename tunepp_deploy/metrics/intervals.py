@@ -18,21 +18,24 @@ def finite_values(values: Iterable[float | None]) -> np.ndarray:
     return np.asarray([float(x) for x in values if x is not None and math.isfinite(float(x))], np.float64)
 
 
-def t_half_width(values: Iterable[float | None]) -> float | None:
-    """Half-width ``t_{0.975, n-1} sd / sqrt(n)`` over the finite ``values``; None below two of them."""
+def _half_width(v: np.ndarray) -> float | None:
     from scipy.stats import t
 
-    v = finite_values(values)
     if v.size < 2:
         return None
     return float(t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+
+
+def t_half_width(values: Iterable[float | None]) -> float | None:
+    """Half-width ``t_{0.975, n-1} sd / sqrt(n)`` over the finite ``values``; None below two of them."""
+    return _half_width(finite_values(values))
 
 
 def mean_ci95(values: Iterable[float | None]) -> tuple[float, float | None, int]:
     """``(mean, half-width or None, n)`` over the finite ``values`` (mean NaN when there are none)."""
     v = finite_values(values)
     mean = float(v.mean()) if v.size else float("nan")
-    return mean, t_half_width(v), int(v.size)
+    return mean, _half_width(v), int(v.size)
 
 
 def format_mean_ci(mean: float | None, half: float | None, n: int, spec: str = ".3f") -> str:
