@@ -34,7 +34,7 @@ $(VENV)/.triton: $(STAMP)
 
 test: $(STAMP) $(VENV)/.triton
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python -m tunepp_deploy.bench.kernels --out bench/results

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from tiny_config import ROOT, TINY
 
 from tunepp_deploy.config.load import load_config
 from tunepp_deploy.config.schema import TuneppConfig
@@ -14,13 +13,6 @@ from tunepp_deploy.data.dataset import LoadedCase
 from tunepp_deploy.data.phantom import generate_case
 from tunepp_deploy.data.preprocess import normalize_intensity
 from tunepp_deploy.model import TUNEPP, build_network
-
-ROOT = Path(__file__).resolve().parents[2]
-TINY = {
-    "data.crop_size": [16, 16, 8], "data.spacing": [4.0, 4.0, 5.0], "model.widths": [8, 16],
-    "model.depths": [1, 1], "model.decoder_depths": [1], "model.proj_tokens": 8,
-    "model.dropout.sites": ["dec0", "head"],
-}
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 import yaml
-from conftest import ROOT, TINY
 from rich.console import Console
+from tiny_config import ROOT, TINY
 from typer.testing import CliRunner
 
 from tunepp_deploy.cli.app import app

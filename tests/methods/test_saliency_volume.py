@@ -9,7 +9,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY
+from tiny_config import ROOT, TINY
 
 from tunepp_deploy.config.load import load_config
 from tunepp_deploy.errors import TuneppError

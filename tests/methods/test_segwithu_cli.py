@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import cli, oblique_scan, one_line_error
-from conftest import ROOT, TINY
+from tiny_config import ROOT, TINY
 
 from tunepp_deploy.config.load import load_config
 from tunepp_deploy.data.phantom import write_phantom_dataset

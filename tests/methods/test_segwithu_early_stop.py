@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import ROOT, TINY
+from tiny_config import ROOT, TINY
 from typer.testing import CliRunner
 
 from tunepp_deploy.cli.app import app

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from cli_helpers import cli
-from conftest import ROOT, TINY
+from tiny_config import ROOT, TINY
 
 from tunepp_deploy.config.load import load_config
 from tunepp_deploy.data.phantom import write_phantom_dataset

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 from cli_helpers import cli, oblique_scan, one_line_error
-from conftest import ROOT, TINY
+from tiny_config import ROOT, TINY
 
 from tunepp_deploy.config.load import config_to_dict, load_config
 from tunepp_deploy.data.phantom import write_phantom_dataset
