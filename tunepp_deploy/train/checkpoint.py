@@ -21,6 +21,7 @@ from tunepp_deploy.config.load import config_from_dict, config_to_dict
 from tunepp_deploy.config.schema import TuneppConfig
 from tunepp_deploy.data.nifti import write_atomic
 from tunepp_deploy.errors import ModelMismatchError, TuneppError
+from tunepp_deploy.model.blocks.topology_branch import without_retired
 
 CHECKPOINT_FORMAT = 1
 
@@ -120,9 +121,13 @@ def check_compatible(ckpt_cfg: TuneppConfig, cfg: TuneppConfig, source: str) -> 
 
 
 def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], source: str) -> None:
-    """Load the state dict strictly, turning key/shape mismatches into one line."""
+    """Load the state dict strictly, turning key/shape mismatches into one line.
+
+    Keys an older layout had and this one retired (weights with no effect on the outputs,
+    :func:`~tunepp_deploy.model.blocks.topology_branch.without_retired`) are dropped first.
+    """
     try:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
+        model.load_state_dict(without_retired(model, ckpt["state_dict"]), strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise ModelMismatchError(f"{source}: weights do not fit this network ({first[:160]})") from None

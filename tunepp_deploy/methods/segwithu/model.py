@@ -19,6 +19,7 @@ from tunepp_deploy.data.nifti import write_atomic
 from tunepp_deploy.methods.segwithu.head import DEFAULT_RANK, DEFAULT_WIDTH, SegWithUHead, SegWithUOutput
 from tunepp_deploy.methods.segwithu.taps import BackboneTaps, tap_channels
 from tunepp_deploy.model import TUNEPP, build_network
+from tunepp_deploy.model.blocks.topology_branch import without_retired
 from tunepp_deploy.train.checkpoint import read_method_checkpoint
 
 CHECKPOINT_METHOD = "segwithu"
@@ -62,7 +63,7 @@ def load_segwithu(path: str | Path) -> tuple[SegWithU, TuneppConfig]:
     ckpt = read_method_checkpoint(p, CHECKPOINT_METHOD, "SegWithU head", "tunepp train-head")
     cfg = config_from_dict(ckpt["config"], str(p))
     backbone = build_network(cfg)
-    backbone.load_state_dict(ckpt["backbone_state"])
+    backbone.load_state_dict(without_retired(backbone, ckpt["backbone_state"]))
     model = SegWithU(backbone, **ckpt["head"])
     model.head.load_state_dict(ckpt["head_state"])
     return model.eval(), cfg

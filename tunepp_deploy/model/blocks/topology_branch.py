@@ -60,7 +60,7 @@ class CriticalPointDetector(nn.Module):
         self.mlp = nn.Sequential(
             nn.Conv3d(2 * channels, hidden, 1),
             nn.GELU(),
-            nn.Conv3d(hidden, 1, 1),
+            nn.Conv3d(hidden, 1, 1, bias=False),  # no bias: score_norm subtracts the window mean anyway
         )
         # Standardise the raw score over the window (per sample), then a learnable gain/offset:
         # only *relative* criticality matters to an attention bias, and this keeps m spread over
@@ -75,6 +75,24 @@ class CriticalPointDetector(nn.Module):
         xn = self.norm(x)
         feats = torch.cat([self.laplace(xn).abs(), self.act(self.free(xn))], dim=1)
         return torch.sigmoid(self.score_norm(self.mlp(feats)))
+
+
+#: State-dict keys (relative to a detector) that checkpoints written before 2026-12-03 carry and this
+#: network no longer has: the last MLP convolution's bias, which ``score_norm`` cancelled exactly (its
+#: gradient was rounding noise, ~1e-11). Loading drops them (:func:`without_retired`); outputs are unchanged.
+RETIRED_DETECTOR_KEYS = ("mlp.2.bias",)
+
+
+def retired_state_keys(model: nn.Module) -> set[str]:
+    """The full names of :data:`RETIRED_DETECTOR_KEYS` for every detector inside ``model``."""
+    return {f"{name}.{key}" if name else key for name, m in model.named_modules()
+            if isinstance(m, CriticalPointDetector) for key in RETIRED_DETECTOR_KEYS}
+
+
+def without_retired(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` minus the keys :func:`retired_state_keys` names for ``model`` (old checkpoints load strictly)."""
+    retired = retired_state_keys(model)
+    return {k: v for k, v in state.items() if k not in retired}
 
 
 class TopologyAttention(nn.Module):
