@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from infer_helpers import write_scan
+from infer_helpers import SCAN_MAP_TOL, write_scan
 from typer.testing import CliRunner
 
 from tunepp_deploy.cli.app import app
@@ -163,7 +163,8 @@ def test_torch_backend_from_checkpoint_matches_ort(tmp_path: Path, onnx_file: Pa
     assert _infer(scan, tmp_path / "o", onnx_file).exit_code == 0
     a = nib.load(str(tmp_path / "t" / "case_a_total.nii.gz")).get_fdata()
     b = nib.load(str(tmp_path / "o" / "case_a_total.nii.gz")).get_fdata()
-    assert np.abs(a - b).max() <= 1e-4
+    # float32 backends disagree most on a scan's background (SCAN_MAP_TOL says by how much)
+    assert np.abs(a - b).max() <= SCAN_MAP_TOL
 
 
 def test_backend_model_mismatch_and_doctor(tmp_path: Path, onnx_file: Path, scan: Path) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from infer_helpers import SCAN_MAP_TOL
 from tunepp_deploy.export.metadata import meta_for
 
 from tunepp_deploy.errors import ModelMismatchError, TuneppError
@@ -26,7 +27,7 @@ from tunepp_deploy.model import TUNEPP, repeat_for_samples
 HAVE_OV = find_spec("openvino") is not None
 needs_ov = pytest.mark.skipif(not HAVE_OV, reason="openvino is not installed: pip install 'tunepp-deploy[openvino]'")
 CPU = torch.device("cpu")
-#: The ORT runner's tolerances (tests/infer/test_mc_parity.py, test_onnx_export.py).
+#: The ORT runner's tolerances (tests/infer/test_mc_parity.py, test_onnx_export.py), on uniform-noise input.
 MAP_TOL = 1e-4
 LOGIT_TOL = 1e-4
 
@@ -320,7 +321,7 @@ def test_cli_auto_says_openvino_and_matches_ort(tmp_path: Path, onnx_file: Path,
     print(f"CLI: labels differing openvino vs ort: {int((seg[0] != seg[1]).sum())} of {seg[0].size}")
     for kind in ("aleatoric", "epistemic", "total"):
         a, b = (nib.load(str(o / f"case_a_{kind}.nii.gz")).get_fdata() for o in outs.values())
-        assert np.abs(a - b).max() <= MAP_TOL, kind
+        assert np.abs(a - b).max() <= SCAN_MAP_TOL, kind
 
 
 
@@ -350,3 +351,16 @@ def test_trunk_head_pair_equals_one_graph_and_runs_the_trunk_once(onnx_file: Pat
     d = float((got - ref).abs().max())
     print(f"rows {rows}: max|pair - one graph| {d:.3g} over {windows} windows")
     assert d <= 1e-5
+
+
+def test_ov_message_keeps_the_sentence_or_the_failed_check() -> None:
+    from tunepp_deploy.infer.runners.openvino_runner import ov_message
+
+    said = RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\nCheck 'false' failed at src/plugins/"
+                        "intel_cpu/src/node.cpp:1018:\n[CPU] Convolution node 'c' Primitive descriptor was not found\n")
+    assert ov_message(said) == "[CPU] Convolution node 'c' Primitive descriptor was not found"
+    bare = RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\nException from src/inference/src/dev/"
+                        "plugin.cpp:53:\nCheck 'it != end' failed at src/plugins/intel_cpu/src/graph.cpp:420:\n")
+    assert ov_message(bare) == "Check 'it != end' failed at src/plugins/intel_cpu/src/graph.cpp:420:"
+    assert ov_message(RuntimeError("Exception from a.cpp:1:")) == "Exception from a.cpp:1:"
+    assert ov_message(RuntimeError("")) == "RuntimeError" and len(ov_message(RuntimeError("x" * 500))) == 200

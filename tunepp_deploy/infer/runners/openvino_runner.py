@@ -83,7 +83,12 @@ def ov_message(e: BaseException) -> str:
     """
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     said = [ln for ln in lines if not ln.startswith(("Exception from ", "Check '", "While validating "))]
-    return (said[-1] if said else one_line(e))[:200]
+    if said:
+        return said[-1][:200]
+    # no sentence (seen on a fresh CI machine: a stack of locations ending in a failed check): the last
+    # check names the failing condition and the plugin source, which is more than the first location
+    checks = [ln for ln in lines if ln.startswith("Check '")]
+    return (checks[-1] if checks else one_line(e))[:200]
 
 
 def normalise_precision(precision: str) -> str:
