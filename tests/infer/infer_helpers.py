@@ -14,8 +14,9 @@ from tunepp_deploy.infer.runners.base import Runner
 
 #: Maps of a whole phantom *scan* (CLI, two backends). Its air background makes the full-resolution
 #: GroupNorm's statistics cancel: measured 2026-12-03 on an AMD EPYC (AVX-512), OpenVINO's f32 logits
-#: differ from torch's by up to 2.6e-4 there (2.8e-5 relative; traced to that GroupNorm's ReduceMean,
-#: 4.6e-5 relative error against float64, ORT's 7e-8) but by 4e-6 on uniform noise. The maps are at most
+#: differ from torch's by up to 2.6e-4 there (2.8e-5 relative) but by 4e-6 on uniform noise. Traced (every
+#: intermediate tensor, ORT vs OpenVINO) to that GroupNorm's group mean: a 48-term ReduceMean off by 1.3e-6
+#: (ordinary float32 rounding; ORT's is 2e-9 from float64), times the group's 1/std of 25. The maps are at most
 #: 0.94-Lipschitz in the logits (sup norm, 5 classes, numerically), the logit noise adds |eps| sigma / 2
 #: times the log-variance error. Measured map differences: 5.8e-5 on that CPU (OpenVINO vs ORT; torch vs
 #: ORT 1e-6) and 1.2e-4 on CI's CPU the same day (torch vs ORT, and OpenVINO vs ORT); so 5e-4.
