@@ -37,6 +37,10 @@ emits the same mathematics as ``ReduceMean`` over one axis at a time (innermost 
 single sum is longer than one window side), two-pass variance ``mean((x - mean)^2)`` and
 ``(x - mean) * rstd * gamma + beta`` (:func:`instance_norm_blocked` likewise, one channel per group);
 every op is in TensorRT's list, and the ONNX Runtime CPU session is ~5 % slower (1 window x 8 samples).
+OpenVINO merges consecutive ``ReduceMean`` nodes back into one reduction over the whole group (its
+runtime graph showed one ``Reduce`` per statistic), which made its GroupNorm 1.6e-3 off on flat runs
+(2026-12-03; ORT 4e-6) and its logits 2.6e-4 off torch's on a phantom scan's air background; the
+reductions therefore alternate ``ReduceMean`` and ``ReduceSum``, which it leaves apart (:func:`_mean_per_axis`).
 :data:`ACCURATE_NORMS` is the translation table; other dynamo exporters of such networks can pass it.
 """
 
@@ -86,11 +90,22 @@ class MCGraph(nn.Module):
         return self.net.head(*feats, *masks)
 
 
-def _mean_per_axis(t, axes: list[int]):
-    """``ReduceMean`` over ``axes`` one axis at a time (keepdims), in the order given."""
+def _mean_per_axis(t, axes: list[int], sizes: dict[int, int]):
+    """The mean over ``axes``, one axis at a time (keepdims), in the order given.
+
+    Consecutive reductions alternate ``ReduceMean`` and ``ReduceSum`` (the sums' sizes divided out once at
+    the end): OpenVINO merges consecutive reductions *of one type* into one long fp32 sum, which undid
+    the blocking (flat runs: 1.6e-3 off vs 4e-6 unmerged; module docstring). An axis whose size is not in
+    ``sizes`` (dynamic) always takes ``ReduceMean``.
+    """
+    divide, last_sum = 1, True
     for a in axes:
-        t = op.ReduceMean(t, op.Constant(value_ints=[a]), keepdims=1)
-    return t
+        if last_sum or a not in sizes:
+            t, last_sum = op.ReduceMean(t, op.Constant(value_ints=[a]), keepdims=1), False
+        else:
+            t, last_sum = op.ReduceSum(t, op.Constant(value_ints=[a]), keepdims=1), True
+            divide *= sizes[a]
+    return t if divide == 1 else op.Mul(t, op.CastLike(op.Constant(value_float=1.0 / divide), t))
 
 
 def group_norm_blocked(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5, cudnn_enabled: bool = True):
@@ -111,8 +126,9 @@ def group_norm_blocked(input, num_groups: int, weight=None, bias=None, eps: floa
     xg = op.Reshape(input, op.Constant(value_ints=[0, g, c // g, *rest]))  # [B, G, C/G, *spatial]
     rank = len(dims) + 1
     axes = list(range(rank - 1, 1, -1))  # innermost first, then the channels of the group
-    dev = op.Sub(xg, _mean_per_axis(xg, axes))
-    var = _mean_per_axis(op.Mul(dev, dev), axes)  # [B, G, 1, ...]
+    sizes = {i: d for i, d in enumerate([c // g, *rest], start=2) if d > 0}
+    dev = op.Sub(xg, _mean_per_axis(xg, axes, sizes))
+    var = _mean_per_axis(op.Mul(dev, dev), axes, sizes)  # [B, G, 1, ...]
     scale = op.Reciprocal(op.Sqrt(op.Add(var, op.CastLike(op.Constant(value_float=float(eps)), var))))
     per_channel = op.Constant(value_ints=[1, g, c // g, *([1] * (rank - 3))])
     if weight is not None:
