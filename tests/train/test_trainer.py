@@ -67,6 +67,15 @@ def test_run_files_resume_and_refusal(phantoms: Path, tmp_path: Path) -> None:
     other = load_config(CONFIGS / "phantom.yaml", overrides={**SMALL, "model.widths": [16, 16, 32, 64]})
     with pytest.raises(TuneppError, match="model differs"):
         train(other, out, data_dir=phantoms, epochs=4, device="cpu", resume=True)
+    # a last.pt whose optimizer state has other parameters (a layout that still had the retired detector
+    # bias): one line, not PyTorch's ValueError, and the run's files stay as they were
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    ckpt["optimizer"]["param_groups"][0]["params"] += [10_000, 10_001, 10_002]
+    torch.save(ckpt, out / "last.pt")
+    before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(TuneppError, match="optimizer state does not fit"):
+        train(cfg, out, data_dir=phantoms, epochs=4, device="cpu", resume=True)
+    assert (out / "metrics.jsonl").read_text() == before
 
 
 def test_ctrl_c_saves_last(phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -232,7 +232,12 @@ def train(
     start_epoch, best_dice, best_epoch = 0, -math.inf, -1
     if ckpt is not None:
         load_weights(model, ckpt, str(last_path))
-        optim.load_state_dict(ckpt["optimizer"])
+        try:
+            optim.load_state_dict(ckpt["optimizer"])
+        except ValueError as e:  # e.g. a last.pt from before a parameter was retired (without_retired)
+            raise TuneppError(f"{last_path}: its optimizer state does not fit this network's parameters "
+                              f"({str(e).splitlines()[0][:120]}); start a new run, or fine-tune from its "
+                              "weights") from None
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch = int(ckpt["epoch"])
         best_dice, best_epoch = float(ckpt.get("best_dice", -math.inf)), int(ckpt.get("best_epoch", -1))
