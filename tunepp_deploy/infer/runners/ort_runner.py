@@ -46,6 +46,10 @@ def make_session(model: str | bytes, device: torch.device, threads: int | None =
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
+    # ORT's idle pool threads spin after a run, on the cores the MC engine's numba kernels need next: the
+    # noise softmax after ORT calls took 0.34 s of a phantom MC-25 with spinning, 0.18 s without (as after
+    # OpenVINO's calls), no change in the network's own time (5 alternated rounds, 2 threads, AMD EPYC)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort_providers():
             raise TuneppError("--device cuda with --backend ort needs onnxruntime-gpu (CUDAExecutionProvider)")
