@@ -42,7 +42,6 @@ from tunepp_deploy.methods.variational.base import BayesianSegNet
 from tunepp_deploy.methods.variational.build import ARCHS, DEFAULT_WIDTHS, build_variational
 from tunepp_deploy.methods.variational.elbo import OBJECTIVES, KLScale, Objective, elbo_loss, kl_warmup_weight
 from tunepp_deploy.methods.variational.validate import validation_dice
-from tunepp_deploy.model.blocks.topology_branch import without_retired
 from tunepp_deploy.train.checkpoint import read_method_checkpoint
 
 CHECKPOINT_METHOD = "variational"
@@ -157,7 +156,7 @@ def load_variational(path: str | Path) -> tuple[BayesianSegNet, TuneppConfig, di
     s = ckpt["settings"]
     net = build_variational(s["arch"], cfg.model.in_channels, cfg.data.num_classes, s["widths"])
     try:
-        net.load_state_dict(without_retired(net, ckpt["state_dict"]))
+        net.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         raise ModelMismatchError(f"{p}: weights do not fit a {s['arch']} of widths {s['widths']} "
                                  f"({str(e).splitlines()[0][:160]})") from None
