@@ -192,9 +192,13 @@ class TUPABlock(nn.Module):
         grid = pool_grid(shape, self.proj_tokens)
         h = self.heads
         tn = self.norm(to_tokens(x))
-        q, k, v_s, v_c, v_t = self.qkv(tn).chunk(5, dim=-1)
-        # Pool K and V_s in one call: [B, 2C, P] -> two [B, P, C].
-        pooled = pool_cells(from_tokens(torch.cat([k, v_s], dim=-1), shape), grid).transpose(1, 2)
+        qkv = self.qkv(tn)
+        c = qkv.shape[-1] // 5
+        # Slices, not chunk(): OpenVINO runs an ONNX Split of the last axis as its reference kernel (9.7 ms
+        # per 25-row phantom MC call, docs/openvino.md); K and V_s are adjacent, so they pool in one call
+        # ([B, 2C, P] -> two [B, P, C]) without a concatenation.
+        q, k, v_c, v_t = (qkv[..., i * c:(i + 1) * c] for i in (0, 1, 3, 4))  # [..., 2c:3c] is V_s
+        pooled = pool_cells(from_tokens(qkv[..., c:3 * c], shape), grid).transpose(1, 2)
         kp, vsp = pooled.chunk(2, dim=-1)
         qh = split_heads(q, h)
         m = self.detector(x)
