@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psutil
 import torch
@@ -261,16 +261,22 @@ class RssSampler:
         self.peak_bytes = max(self.peak_bytes, self._proc.memory_info().rss)
 
 
-def spread(values: Sequence[float]) -> dict[str, float]:
-    """Median, min, max and inter-quartile range of repeated timings (seconds)."""
+#: Timed runs whose slowest is more than this times the fastest did not measure one steady state (a
+#: configuration still warming up, or the machine's load changed mid-way): their median is not quoted as met.
+UNSETTLED_SPREAD = 1.5
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """Median, min, max and inter-quartile range of repeated timings (seconds), and whether they are
+    ``settled`` (max <= :data:`UNSETTLED_SPREAD` x min)."""
     vals = sorted(float(v) for v in values)
     if len(vals) >= 2:
         q1, _, q3 = statistics.quantiles(vals, n=4, method="inclusive")
     else:
         q1 = q3 = vals[0]
     return {"median": statistics.median(vals), "min": vals[0], "max": vals[-1], "q1": q1, "q3": q3,
-            "iqr": q3 - q1, "n": len(vals)}
+            "iqr": q3 - q1, "n": len(vals), "settled": vals[-1] <= UNSETTLED_SPREAD * vals[0]}
 
 
-__all__ = ["DelegatingRunner", "FaultCounter", "ReuseOffRunner", "RowCapRunner", "RssSampler", "TimedRunner",
-           "minor_faults", "spread", "synchronize"]
+__all__ = ["UNSETTLED_SPREAD", "DelegatingRunner", "FaultCounter", "ReuseOffRunner", "RowCapRunner", "RssSampler",
+           "TimedRunner", "minor_faults", "spread", "synchronize"]

@@ -90,7 +90,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{'x'.join(map(str, st['scan_shape']))} at {'x'.join(f'{x:.3g}' for x in st['scan_spacing_mm'])} mm -> "
         f"model grid {'x'.join(map(str, st['model_grid']))} at {'x'.join(f'{x:g}' for x in st['model_spacing_mm'])}"
         f" mm; window {'x'.join(map(str, st['window']))}, overlap {st['overlap']}, {st['windows']} windows; "
-        f"dropout sites {st['dropout_sites']}; median of {st['repeats']} runs after {st['warmup']} warm-up.",
+        f"dropout sites {st['dropout_sites']}; median of {st['repeats']} runs after {st['warmup']} warm-up"
+        + (f" (and at least {st['warmup_s']:g} s of warm-up)" if st.get("warmup_s") else "") + ".",
         f"FLOPs per window: trunk {fl['trunk_gflops_per_window']:.3f} + head {fl['head_gflops_per_window']:.3f} "
         f"GFLOPs (trunk share {fl['trunk_share']:.0%}); measured peak: {peaks} (same run).",
         conv_line,
@@ -110,6 +111,12 @@ def markdown(result: dict[str, Any]) -> str:
         "|" + "---|" * 3 + "---:|" * 2 + "---|" + "---:|" * (len(_header(result)) - 6),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in _rows(result)]
+    unsettled = [e for e in result["entries"] if not e["latency_s"].get("settled", True)]
+    if unsettled:
+        lines += ["", "**Unsettled** (slowest timed run > 1.5x the fastest: no steady state; a ratio using one is not "
+                      "judged against its target): " + "; ".join(
+                          f"`{e['key']}` runs {', '.join(f'{x:.3f}' for x in e['latency_runs_s'])} s"
+                          for e in unsettled)]
     lines += ["", "## Ratios (numerator / denominator medians, both from this run; latency unless a stage is named)",
               "",
               "| ratio | value | threads | numerator | denominator | target |", "|---|---:|---:|---|---|---|"]
@@ -141,10 +148,17 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def target_word(r: dict[str, Any]) -> str:
+    """``met``, ``missed``, or ``not judged`` when a side's timed runs never settled (bench/probes.py)."""
+    if r.get("met") is None:
+        return f"not judged: unsettled {', '.join(r.get('unsettled', []))}"
+    return "met" if r["met"] else "missed"
+
+
 def ratio_row(r: dict[str, Any]) -> str:
     """One headline ratio as a Markdown row; the thread count is in the value cell's neighbour and the text,
     because a 2-thread "1.85x" once travelled without it."""
-    target = f">= {r['target']} ({'met' if r['met'] else 'missed'})" if "target" in r else ""
+    target = f">= {r['target']} ({target_word(r)})" if "target" in r else ""
     of = "" if r["of"] == "latency" else f" ({r['of']})"
     t = r.get("threads")
     threads = f"{t} thread{'s' if t != 1 else ''}" if t else "unknown"

@@ -22,7 +22,7 @@ from tunepp_deploy.bench import mc_bench
 from tunepp_deploy.bench.conv_floor import conv_layers, measure_conv_floor
 from tunepp_deploy.bench.floor import WindowFlops
 from tunepp_deploy.bench.machine import FLAGS_OF_INTEREST, parse_cpuinfo, read_cpu_facts
-from tunepp_deploy.bench.probes import FaultCounter, minor_faults
+from tunepp_deploy.bench.probes import UNSETTLED_SPREAD, FaultCounter, minor_faults, spread
 from tunepp_deploy.bench.report import markdown, ratio_row
 
 from tunepp_deploy.config import load_config
@@ -144,17 +144,17 @@ def spied_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
     warmed: list[Any] = []  # the functions themselves (kept alive, so their ids stay distinct)
     real = mc_bench.warm_up
 
-    def spy(fn: Any, runs: int) -> None:
+    def spy(fn: Any, runs: int, min_seconds: float = 0.0) -> list[float]:
         warmed.append(fn)
-        real(fn, runs)
+        return real(fn, runs, min_seconds)
 
     threads = torch.get_num_threads()
     mp = pytest.MonkeyPatch()
     mp.setattr(mc_bench, "warm_up", spy)
     try:
         s = mc_bench.BenchSettings(out=tmp / "out", config=cfg_path, volume=(32, 32, 32), samples=(1, 2),
-                                   backends=("torch",), precisions=("fp32",), repeats=1, warmup=1, threads=1,
-                                   device="cpu", alternate=2, conv_floor=True)
+                                   backends=("torch",), precisions=("fp32",), repeats=1, warmup=1, warmup_s=0.0,
+                                   threads=1, device="cpu", alternate=2, conv_floor=True)
         result = mc_bench.run_mc_bench(s, log=lambda _m: None)
     finally:
         mp.undo()
@@ -192,3 +192,43 @@ def test_threads_in_every_headline(spied_run: tuple[dict[str, Any], list[Any]]) 
         assert r["threads"] == 1 and "(1 thread)" in r["meaning"]
         assert "x at 1 thread |" in ratio_row(r)
     assert "**Threads: 1**" in md and os.cpu_count() is not None
+
+
+class _Run:
+    """What ``warm_up`` calls: a configuration whose runs take the given seconds (sleeps)."""
+
+    def __init__(self, seconds: list[float]) -> None:
+        self.seconds, self.calls = list(seconds), 0
+
+    def __call__(self) -> None:
+        import time
+
+        time.sleep(self.seconds[min(self.calls, len(self.seconds) - 1)])
+        self.calls += 1
+
+
+def test_warm_up_runs_until_min_seconds_and_caps_runs() -> None:
+    fn = _Run([0.05])
+    times = mc_bench.warm_up(fn, 1, min_seconds=0.22)  # type: ignore[arg-type]
+    assert fn.calls == len(times) >= 5 and sum(times) >= 0.2  # 0.05 s runs until 0.22 s have passed
+    assert len(mc_bench.warm_up(_Run([0.0]), 2)) == 2  # no minimum time: exactly the run count
+    fast = _Run([0.0])
+    mc_bench.warm_up(fast, 1, min_seconds=60.0)  # type: ignore[arg-type]
+    assert fast.calls == mc_bench.MAX_WARMUP_RUNS
+
+
+def test_unsettled_runs_are_flagged_and_not_judged() -> None:
+    assert spread([1.0, 1.2, 1.4])["settled"] and not spread([0.78, 0.78, 1.45, 1.98, 2.0])["settled"]
+    assert not spread([1.0, UNSETTLED_SPREAD * 1.0 + 1e-6])["settled"]
+
+    def entry(key: str, runs: list[float]) -> dict[str, Any]:
+        return {"key": key, "latency_s": spread(runs), "latency_runs_s": runs}
+
+    ok = entry("single/ort/fp32/S1", [1.06, 1.08, 1.12])
+    bad = entry("single/torch/fp32/S1", [2.0, 1.98, 1.45, 0.78, 0.78])  # the v7 artefact: median 1.45 s
+    r = mc_bench._ratio("ort_vs_torch_single", bad, ok, "torch / ORT single pass", threads=2)
+    assert r is not None and r["value"] > mc_bench.TARGETS["ort_vs_torch_single"]  # would read "met" ...
+    assert r["met"] is None and r["unsettled"] == ["single/torch/fp32/S1"]  # ... but is not judged
+    assert "not judged: unsettled single/torch/fp32/S1" in ratio_row(r)
+    settled = mc_bench._ratio("ort_vs_torch_single", ok, ok, "same", threads=2)
+    assert settled is not None and settled["met"] is False and "unsettled" not in settled

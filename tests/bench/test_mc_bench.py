@@ -44,7 +44,8 @@ def bench_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp / "out"
     res = CliRunner().invoke(app, [
         "bench", "--config", str(cfg_path), "--volume", "32x32x32", "--samples", "1,2", "--repeats", "1",
-        "--warmup", "1", "--backends", "torch,ort", "--threads", "1", "--device", "cpu", "--out", str(out),
+        "--warmup", "1", "--warmup-s", "0", "--backends", "torch,ort", "--threads", "1", "--device", "cpu",
+        "--out", str(out),
     ])
     assert res.exit_code == 0, res.output
     return out

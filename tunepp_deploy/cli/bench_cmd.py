@@ -60,6 +60,9 @@ def bench(
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs per configuration.")] = 3,
     warmup: Annotated[int, typer.Option(min=1, help="Untimed runs of each configuration right before it is "
                                                     "timed (at least one: no first-configuration artefact).")] = 1,
+    warmup_s: Annotated[float | None, typer.Option(min=0.0, help="And at least this many seconds of warm-up per "
+                                                                 "configuration, more runs for fast ones (default: "
+                                                                 "bench.mc_bench.WARMUP_S, 5 s).")] = None,
     dropout_sites: Annotated[str | None, typer.Option(help="Override the config's dropout sites, e.g. dec0 (a "
                                                            "later first site = more trunk reuse).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -77,13 +80,14 @@ def bench(
     if ctx.invoked_subcommand is not None:
         return
     from tunepp_deploy.bench.mc_bench import BenchSettings, run_mc_bench
-    from tunepp_deploy.bench.report import rich_table
+    from tunepp_deploy.bench.report import rich_table, target_word
 
     console = Console(stderr=True)
     settings = BenchSettings(
         out=out, config=config, model=model, volume=_volume(volume) if volume else None,
         samples=_ints(samples, "--samples"), backends=_csv(backends), precisions=_csv(precision),
-        repeats=repeats, warmup=warmup, dropout_sites=_csv(dropout_sites) if dropout_sites is not None else None,
+        repeats=repeats, warmup=warmup, **({} if warmup_s is None else {"warmup_s": warmup_s}),
+        dropout_sites=_csv(dropout_sites) if dropout_sites is not None else None,
         device=device, threads=threads, baselines=baselines, max_batch=max_batch, memory_gb=memory_gb,
         alternate=alternate, conv_floor=conv_floor,
     )
@@ -92,7 +96,7 @@ def bench(
     for r in result["ratios"]:
         if "target" in r:
             console.print(f"{r['name']}: {r['value']:.2f}x at {r.get('threads')} threads (target >= {r['target']}: "
-                          f"{'met' if r['met'] else 'missed'})")
+                          f"{target_word(r)})")
     console.print(f"wrote [bold]{out}[/] (bench.json, bench.md, bench_latency.png, bench_stages.png)")
 
 
