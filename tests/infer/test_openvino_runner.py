@@ -257,6 +257,23 @@ def test_int8_only_for_a_quantized_graph(tmp_path: Path, onnx_file: Path) -> Non
 
 
 @needs_ov
+def test_int8_compile_failure_names_the_way_out(tmp_path: Path, onnx_file: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    _, meta = read_onnx_meta(onnx_file)
+    path = _reshape_graph(meta, tmp_path / "qdq.onnx", qdq=True)
+    with open_runner(path, backend="openvino", device="cpu", precision="int8") as r:
+        def refuse(*_a: object, **_k: object) -> None:  # what the AVX2 EPYC's plugin did with the phantom's int8 graph
+            raise RuntimeError("Check 'any_of(scale.size(), OC, 1U)' failed at dnnl_postops_composer.cpp:526")
+
+        monkeypatch.setattr(r.core, "compile_model", refuse)
+        x = torch.rand(3, meta.in_channels, *meta.window)  # the shape the graph above compiles for
+        with pytest.raises(RuntimeError) as e:
+            r(x, [torch.ones(s.mask_shape(meta.window, 3)) for s in meta.sites])
+    msg = _one_line(e)
+    assert msg.startswith("OpenVINO: cannot compile") and "any_of(scale.size()" in msg and "--backend ort" in msg
+
+
+@needs_ov
 def test_threads_honoured_and_shapes_static_and_cached(onnx_file: Path) -> None:
     for n in (1, 2):
         with open_runner(onnx_file, backend="openvino", device="cpu", threads=n) as r:
