@@ -177,12 +177,38 @@ def test_quantized_input_and_bad_output_name_refused(tiny, tmp_path: Path) -> No
                                             "--out", str(tmp_path / "q.bin")]))
 
 
+def _openvino_int8_error(path: Path) -> str | None:
+    """None when this CPU's OpenVINO plugin compiles the Q/DQ graph, else the runner's one-line error.
+
+    On an AVX2-only AMD EPYC (no VNNI, 2026-12-04) OpenVINO 2026.4 refuses the quantized MatMuls of this
+    network with a post-ops check; on AVX-512 VNNI CPUs it compiles (docs/results/int8.md)."""
+    from tunepp_deploy.infer.runners.openvino_runner import OpenVinoRunner
+
+    runner = OpenVinoRunner(str(path), read_onnx_meta(path)[1], torch.device("cpu"), threads=1, precision="int8")
+    try:
+        runner.compiled(1, 4)
+    except RuntimeError as e:
+        return str(e)
+    return None
+
+
+def _cpu_flags() -> str:
+    from tunepp_deploy.bench.machine import read_cpu_facts
+
+    facts = read_cpu_facts()
+    return f"{facts.model_name}: {' '.join(facts.flags) or 'no flags of interest'}"
+
+
 @pytest.mark.skipif(find_spec("openvino") is None, reason="openvino is not installed: pip install "
                     "'tunepp-deploy[openvino]'")
 def test_openvino_runs_the_default_graph_in_int8(tiny) -> None:
     from tunepp_deploy.infer.runners.openvino_runner import OpenVinoRunner
 
     _, meta, fp32, calib, out = tiny
+    err = _openvino_int8_error(out)
+    if err is not None:  # the failure must be the one-line error that names the way out, then nothing to run
+        assert "\n" not in err and err.startswith("OpenVINO: cannot compile") and "--backend ort" in err, err
+        pytest.skip(f"OpenVINO cannot compile this int8 graph on this CPU ({_cpu_flags()}); its error was checked")
     feeds = _feeds(meta, calib, seed=7)
     runner = OpenVinoRunner(str(out), read_onnx_meta(out)[1], torch.device("cpu"), threads=1, precision="int8")
     rt = runner.compiled(1, 4).get_runtime_model()
@@ -237,9 +263,14 @@ def test_infer_cli_labels_int8_runs_and_refuses_precision_misuse(tiny, tmp_path:
         return CliRunner().invoke(app, ["infer", "-i", str(scans), "-o", str(tmp_path / out), "--model", str(model),
                                         "--samples", "2", "--device", "cpu", "--threads", "1", *extra])
 
+    ov_err = _openvino_int8_error(q)
     for out, extra in (("q_default", ["--backend", "openvino"]),
                        ("q_asked", ["--backend", "openvino", "--precision", "int8"])):
         res = infer(out, q, *extra)
+        if ov_err is not None:  # a CPU whose plugin cannot compile it: a failed case naming the way out, no maps
+            assert res.exit_code != 0 and "--backend ort" in res.output, res.output
+            assert not list((tmp_path / out).glob("*.nii.gz"))
+            continue
         assert res.exit_code == 0, res.output
         report = json.loads((tmp_path / out / "c_report.json").read_text())
         assert report["backend"] == "openvino:int8", report["backend"]

@@ -54,8 +54,8 @@ _HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 MAX_COMPILED = 8
 #: Appended when a Q/DQ graph does not compile: OpenVINO 2026.4 fails the trained phantom's int8 graph on an AVX2-only
 #: CPU (AMD EPYC without AVX-512/VNNI, 2026-12-04) with a post-ops check, while it compiles on AVX-512 VNNI.
-INT8_COMPILE_HINT = (" -- this int8 Q/DQ graph does not compile on this CPU's OpenVINO plugin (seen on AVX2-only "
-                     "CPUs, docs/results/int8.md); run it with --backend ort, or run the fp32 graph")
+INT8_COMPILE_HINT = (" (an int8 Q/DQ graph this CPU's plugin refuses, seen on AVX2-only CPUs: run it with --backend "
+                     "ort or run the fp32 graph; docs/results/int8.md)")
 #: The extra that installs OpenVINO, as the one-line error names it.
 EXTRA_HINT = "pip install 'tunepp-deploy[openvino]' (openvino==2026.4.*)"
 
@@ -251,8 +251,8 @@ class OpenVinoRunner(Runner):
             graph.reshape(shapes)
             compiled = self.core.compile_model(graph, "CPU", self.config())
         except Exception as e:
-            raise RuntimeError(f"OpenVINO: cannot compile the graph for {what}: {ov_message(e)}"
-                               + (INT8_COMPILE_HINT if self.precision == "int8" else "")) from None
+            hint = INT8_COMPILE_HINT if self.precision == "int8" else ""  # first: a batch keeps 200 characters
+            raise RuntimeError(f"OpenVINO: cannot compile the graph{hint} for {what}: {ov_message(e)}") from None
         got = element_type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
         if got != _HINTS[self.precision]:
             raise TuneppError(f"OpenVINO compiled {self.where} at {got}, not the requested {_HINTS[self.precision]}")
