@@ -17,6 +17,9 @@ from tunepp_deploy.experiments.fidelity_summary import ci95, run_summary
 from tunepp_deploy.metrics.taus import near_foreground
 
 REPO = Path(__file__).resolve().parents[2]
+#: A two-level phantom network for the end-to-end run (config overrides, as tests/bench/test_bench_truth.py).
+TINY_NET = {"model.widths": [8, 16], "model.depths": [1, 1], "model.decoder_depths": [1],
+            "model.dropout.sites": ["dec0"], "data.crop_size": [32, 32, 32]}
 
 
 def test_ci95_is_scipys_t_interval() -> None:
@@ -104,10 +107,17 @@ def test_run_summary_triage_and_ood_from_the_case_scores() -> None:
 
 def test_tiny_end_to_end_run(tmp_path: Path) -> None:
     """Every stage on a toy schedule (1 iteration per run): files, resume, and the tables' structure."""
+    import yaml
+
+    from tunepp_deploy.config.load import config_to_dict, load_config
     from tunepp_deploy.errors import TuneppError
     from tunepp_deploy.experiments.fidelity import FidelitySettings, run_fidelity
 
-    s = FidelitySettings(config=REPO / "configs" / "phantom.yaml", seeds=2, variants=("none", "component"),
+    # the phantom config with a two-level network: the stages and files are what is tested, not the model
+    # (the full network made this the suite's second-slowest test, 194 s on a 2-core AVX2 box)
+    cfg = tmp_path / "phantom_tiny.yaml"
+    cfg.write_text(yaml.safe_dump(config_to_dict(load_config(REPO / "configs" / "phantom.yaml", TINY_NET))))
+    s = FidelitySettings(config=cfg, seeds=2, variants=("none", "component"),
                          base_epochs=1, finetune_epochs=1, iters_per_epoch=1, train_cases=3, test_cases=2,
                          shift_cases=1, samples=2, mc_seeds=1, jobs=1)
     body = run_fidelity(tmp_path / "fid", s)
