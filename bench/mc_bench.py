@@ -315,7 +315,7 @@ def _measure(fn: Callable[[], RunResult], warmup: int, repeats: int, device: tor
     return {
         "latency_s": spread(totals),
         "latency_runs_s": totals,
-        "warmup_runs_s": list(warm or []),
+        "warmup_runs_s": warm,
         "stages_s": stages,
         # the engine's non-network share (issue 14: under 10% of MC-25); medians of the stages
         "stitch_uncertainty_s": stages["stitching"] + stages["uncertainty"],
@@ -371,13 +371,13 @@ def _ratio(name: str, num: dict[str, Any] | None, den: dict[str, Any] | None, me
     out = {"name": name, "value": a / b, "numerator": num["key"], "denominator": den["key"],
            "numerator_s": a, "denominator_s": b, "of": stage or "latency", "threads": threads,
            "meaning": f"{meaning} ({threads_text(threads)})"}
-    settled = num["latency_s"].get("settled", True) and den["latency_s"].get("settled", True)
-    if not settled:
-        out["unsettled"] = [e["key"] for e in (num, den) if not e["latency_s"].get("settled", True)]
+    unsettled = [e["key"] for e in (num, den) if not e["latency_s"].get("settled", True)]
+    if unsettled:
+        out["unsettled"] = unsettled
     if name in TARGETS:
         out["target"] = TARGETS[name]
         # a median of runs that never reached one steady state is not judged against a target
-        out["met"] = a / b >= TARGETS[name] if settled else None
+        out["met"] = a / b >= TARGETS[name] if not unsettled else None
     return out
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from tunepp_deploy.bench.probes import UNSETTLED_SPREAD
 
 MD_NAME, JSON_NAME = "bench.md", "bench.json"
 LATENCY_PNG, STAGES_PNG = "bench_latency.png", "bench_stages.png"
@@ -113,8 +114,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in _rows(result)]
     unsettled = [e for e in result["entries"] if not e["latency_s"].get("settled", True)]
     if unsettled:
-        lines += ["", "**Unsettled** (slowest timed run > 1.5x the fastest: no steady state; a ratio using one is not "
-                      "judged against its target): " + "; ".join(
+        lines += ["", f"**Unsettled** (slowest timed run > {UNSETTLED_SPREAD:g}x the fastest: no steady state; a ratio "
+                      "using one is not judged against its target): " + "; ".join(
                           f"`{e['key']}` runs {', '.join(f'{x:.3f}' for x in e['latency_runs_s'])} s"
                           for e in unsettled)]
     lines += ["", "## Ratios (numerator / denominator medians, both from this run; latency unless a stage is named)",
