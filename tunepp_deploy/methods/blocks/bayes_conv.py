@@ -27,8 +27,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from tunepp_deploy.model.blocks.conv3d import conv3d
 
 MU_INIT_STD = 0.02
 LOG_VAR_INIT = -5.0
@@ -80,7 +81,7 @@ class BayesConv3d(nn.Module):
         return tuple(self.weight_mu.shape)
 
     def _conv(self, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
-        return F.conv3d(x, w, bias, stride=self.stride, padding=self.padding)
+        return conv3d(x, w, bias, stride=self.stride, padding=self.padding)
 
     def forward(self, x: Tensor, eps: Tensor | None = None) -> Tensor:
         if eps is not None:

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tunepp_deploy.model.blocks.conv3d import Conv3d
+
 DEFAULT_WIDTH = 32
 DEFAULT_RANK = 8
 SIGMA_FLOOR = 1e-6
@@ -58,7 +60,7 @@ class SegWithUOutput(NamedTuple):
 
 
 def _fuse_block(in_ch: int, out_ch: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(in_ch, out_ch, 3, padding=1), nn.InstanceNorm3d(out_ch, affine=True), nn.GELU())
+    return nn.Sequential(Conv3d(in_ch, out_ch, 3, padding=1), nn.InstanceNorm3d(out_ch, affine=True), nn.GELU())
 
 
 class SegWithUHead(nn.Module):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from tunepp_deploy.model.blocks.conv3d import Conv3d
+
 Int3 = tuple[int, int, int]
 
 
@@ -35,9 +37,9 @@ class ResConvBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv3d(in_ch, out_ch, 3, padding=1, bias=False)
+        self.conv1 = Conv3d(in_ch, out_ch, 3, padding=1, bias=False)
         self.norm1 = group_norm(out_ch)
-        self.conv2 = nn.Conv3d(out_ch, out_ch, 3, padding=1, bias=False)
+        self.conv2 = Conv3d(out_ch, out_ch, 3, padding=1, bias=False)
         self.norm2 = group_norm(out_ch)
         self.act = nn.GELU()
         self.skip: nn.Module = (
@@ -62,7 +64,7 @@ class Downsample(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, stride: Int3 = (2, 2, 2)) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(in_ch, out_ch, kernel_size=stride, stride=stride, bias=False)
+        self.conv = Conv3d(in_ch, out_ch, kernel_size=stride, stride=stride, bias=False)
         self.norm = group_norm(out_ch)
 
     def forward(self, x: Tensor) -> Tensor:
