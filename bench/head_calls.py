@@ -34,6 +34,7 @@ from tunepp_deploy.bench.machine import read_cpu_facts
 
 from tunepp_deploy.data.nifti import write_atomic
 from tunepp_deploy.errors import TuneppError
+from tunepp_deploy.infer.allocator import tune_malloc
 from tunepp_deploy.infer.masks import SampleMasks, sample_masks
 from tunepp_deploy.infer.mc import CALL_SHARE, check_rows_per_call, plan_calls
 from tunepp_deploy.infer.runners.base import Runner, default_rows_per_call
@@ -125,6 +126,7 @@ def time_head_calls(runner: Runner, samples: int = 25, sizes: Sequence[int] = CA
     chosen = sorted({min(int(check_rows_per_call(s) or 1), samples) for s in sizes})
     if not chosen:
         raise TuneppError("no head call sizes to try")
+    tune_malloc()  # the engine's start-up: without it large calls page-fault, which the engine's do not
     x, masks = _window_and_masks(runner, samples, seed)
     times = alternate({str(s): _mc_window(runner, x, masks, s) for s in chosen}, repeats, warmup)
     return {s: statistics.median(times[str(s)]) for s in chosen}
@@ -180,6 +182,7 @@ def run(config: Path, samples: int = 25, sizes: Sequence[int] = (1, 5, 25), repe
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     load0 = list(os.getloadavg())
+    malloc = tune_malloc()  # as mc_predict at start-up: the calls timed under the engine's allocator
     try:
         runners, info = _runners(config, threads)
         for name in list(runners):  # the runtimes asked for (each with its pair); torch always (the window, masks)
@@ -220,8 +223,8 @@ def run(config: Path, samples: int = 25, sizes: Sequence[int] = (1, 5, 25), repe
             "samples": samples, "sizes": list(sizes), "repeats": repeats, "threads": threads,
             "naive_passes_run": passes, "naive_scaled_to": samples,
             "default_rows_per_call_split": default_rows_per_call(meta.window, True),
-            "cpu": read_cpu_facts().model_name, "python": platform.python_version(), "torch": torch.__version__,
-            "loadavg_start": load0, "loadavg_end": list(os.getloadavg()), "results": rows, **info,
+            "cpu": read_cpu_facts().summary(), "python": platform.python_version(), "torch": torch.__version__,
+            "malloc": malloc, "loadavg_start": load0, "loadavg_end": list(os.getloadavg()), "results": rows, **info,
         }
     finally:
         torch.set_num_threads(old)
@@ -244,7 +247,8 @@ def markdown(results: Sequence[dict]) -> str:
                 f"one warm-up each; untrained network; load average (1/5/15 min) {_load(res, 'loadavg_start')} at "
                 f"start, {_load(res, 'loadavg_end')} at the end. Naive = "
                 f"{res['naive_passes_run']} full passes run, scaled to {res['naive_scaled_to']}. "
-                f"Default rows per call (split runners) for this window: {res['default_rows_per_call_split']}.",
+                f"Default rows per call (split runners) for this window: {res['default_rows_per_call_split']}. "
+                f"Allocator: {res.get('malloc', 'not recorded')}.",
                 "", "| configuration | median s | mean ± 95% CI s | x vs naive (same runtime) |", "|---|---|---|---|"]
         for k, r in res["results"].items():
             out.append(f"| {k} | {r['median_s']:.3f} | {format_mean_ci(r['mean_s'], r['ci95_s'], len(r['runs_s']))} | "

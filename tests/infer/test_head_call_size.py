@@ -225,3 +225,17 @@ def test_predictor_switches_a_one_graph_runner_to_its_pair_when_rows_do_not_fit(
         assert out.info["trunk_pair"] == pred.trunk_pair
         got = mc_predict(vol, one, pred.masks, pred.mc).maps.stacked()
     assert float((got - ref).abs().max()) <= 1e-5
+
+
+def test_call_sizes_are_timed_under_the_engines_allocator(meta: ModelMeta, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--rows-per-call auto` measures before the engine's first call: it must set the engine's allocator
+    first, or large calls page-fault in the measurement and not in the run (measured: torch 25-row
+    phantom calls 1.22 s per window in the bench, 0.44 s in the engine)."""
+    import tunepp_deploy.bench.head_calls as hc
+
+    seen: list[str] = []
+    monkeypatch.setattr(hc, "tune_malloc", lambda: seen.append("tuned") or "tuned")
+    runner = SplitFake(meta, torch.device("cpu"))
+    times = hc.time_head_calls(runner, samples=4, sizes=(1, 4), repeats=1)
+    assert seen == ["tuned"] and set(times) == {1, 4}
+    assert runner.head_rows.count(4) == 2 and runner.trunk_windows  # warm-up + one timed run of the 4-row plan
