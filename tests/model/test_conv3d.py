@@ -80,8 +80,12 @@ def test_drop_in_for_nn_conv3d_state_dicts() -> None:
     block = ResConvBlock(4, 8)
     assert isinstance(block.conv1, Conv3d) and isinstance(block.conv2, Conv3d)
     x = torch.randn(1, 4, 10, 10, 6)
+    reflect_stock = torch.nn.Conv3d(4, 8, 3, padding=1, padding_mode="reflect")
+    reflect = Conv3d(4, 8, 3, padding=1, padding_mode="reflect")
+    reflect.load_state_dict(reflect_stock.state_dict())
     with torch.inference_mode():
         torch.testing.assert_close(ours(x), stock(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(reflect(x), reflect_stock(x), rtol=0, atol=0)  # the stock path, unchanged
 
 
 def test_one_window_network_pass_matches_a_batch_of_two() -> None:

@@ -50,8 +50,8 @@ class Conv3d(nn.Conv3d):
     """``nn.Conv3d`` with :func:`conv3d`'s batch-one CPU routing; a drop-in (same state dict)."""
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        if isinstance(self.padding, str) or not takes_onednn(input, weight, self.padding_mode):
-            return super()._conv_forward(input, weight, bias)
+        if isinstance(self.padding, str) or self.padding_mode != "zeros":
+            return super()._conv_forward(input, weight, bias)  # padding the functional form does not take
         return conv3d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
