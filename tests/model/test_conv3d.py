@@ -102,3 +102,19 @@ def test_one_window_network_pass_matches_a_batch_of_two() -> None:
         two = net(torch.cat([x, torch.rand_like(x)]), masks.rows([0], 2))
     torch.testing.assert_close(one.logits[0], two.logits[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(one.log_var[0], two.log_var[0], rtol=1e-4, atol=1e-4)
+
+
+def test_flop_counter_counts_a_routed_call_as_torchs_own() -> None:
+    """The bench's floors count FLOPs with torch's FlopCounterMode; a routed call must count the same."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ours, stock = Conv3d(8, 8, 3, padding=1).eval(), torch.nn.Conv3d(8, 8, 3, padding=1).eval()
+    x = torch.randn(1, 8, 24, 24, 16)
+    counts, ops = [], []
+    for conv in (ours, stock):
+        with FlopCounterMode(display=False) as fc, torch.inference_mode():
+            conv(x)
+        counts.append(fc.get_total_flops())
+        ops.append({str(op) for op in fc.get_flop_counts()["Global"]})
+    assert any("mkldnn_convolution" in op for op in ops[0])  # routed, and counted
+    assert counts[0] == counts[1] == 2 * 8 * 8 * 27 * 24 * 24 * 16

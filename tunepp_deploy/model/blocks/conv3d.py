@@ -13,12 +13,23 @@ directly in exactly that case: eager, CPU, fp32, batch one, gradients off, a ker
 voxel, zero padding. Everything else — training, autocast, CUDA, tracing for ONNX or
 ``torch.compile`` — goes the stock way. Pointwise (1x1x1) convolutions stay native: measured faster
 there (a matrix product).
+
+torch's FLOP counter has no formula for the direct oneDNN op, so one is registered here (the stock
+convolution's): ``FlopCounterMode`` counts a routed call as it counts torch's own (the bench's floors).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import conv_flop_count, register_flop_formula
+
+
+@register_flop_formula(torch.ops.aten.mkldnn_convolution)
+def _onednn_conv_flops(x_shape: list[int], w_shape: list[int], *args: object, out_shape: list[int] | None = None,
+                       **kwargs: object) -> int:
+    """2 x MACs of the call, as torch counts ``aten.convolution`` (its ``conv_flop_count``)."""
+    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
 
 
 def takes_onednn(x: Tensor, weight: Tensor, padding_mode: str = "zeros") -> bool:
