@@ -30,12 +30,14 @@ from tunepp_deploy.export.metadata import ModelMeta
 #: 25 samples = 175 rows per call and 8.6 s with 25 rows per call (torch, 2 threads).
 CPU_ROWS_PER_CALL = 32
 #: Head rows x window voxels per head call on a CPU, for runners that split trunk and head (torch,
-#: ``OrtRunner(split=True)``): the trunk runs once per window batch whatever the call size, so the
-#: head can run in calls that keep its activations small. 2,359,296 = 32 rows of a 48x48x32 window
-#: (the phantom window keeps the old cap of 32 rows, so its plans do not change) and 2 rows of a
-#: 96^3 window, where issue #14 measured small calls fastest (ORT pair: 25 x 1 row 2.40x over 25 full
-#: passes, 5 x 5 rows 2.25x). bench/results/head_calls.md has this machine's figures.
-CPU_HEAD_VOXELS_PER_CALL = 32 * 48 * 48 * 32
+#: the ONNX Runtime / OpenVINO pairs): the trunk runs once per window batch whatever the call size, so the
+#: head can run in calls that keep its activations small. 884,736 = one row of a 96^3 window (12 rows of
+#: the phantom's 48x48x32). Measured on a 96^3 synapse window, MC-25, 2 threads (bench/results/
+#: head_calls_synapse_2threads_zen5*.md): one row per call vs two — torch 17.4 vs 19.9 s (33.6 vs 44.6 s in
+#: a run before the bench used the engine's allocator), ONNX Runtime pair 16.3 vs 17.0 s, OpenVINO pair 13.5 vs 13.7 s; the issue's own run (ORT
+#: pair) 2.40x vs 2.25x over 25 full passes for 1 vs 5 rows. On the phantom volume the torch engine does not
+#: care (12 vs 25 rows: 2.93 vs 2.86 s, 1 / 2 / 4 / 25 rows 3.43 / 3.47 / 3.35 / 3.50 s, alternated).
+CPU_HEAD_VOXELS_PER_CALL = 96 * 96 * 96
 
 
 def default_rows_per_call(window: Sequence[int], splits: bool) -> int:
