@@ -33,10 +33,11 @@ CPU_ROWS_PER_CALL = 32
 #: the ONNX Runtime / OpenVINO pairs): the trunk runs once per window batch whatever the call size, so the
 #: head can run in calls that keep its activations small. 884,736 = one row of a 96^3 window (12 rows of
 #: the phantom's 48x48x32). Measured on a 96^3 synapse window, MC-25, 2 threads (bench/results/
-#: head_calls_synapse_2threads_zen5*.md): one row per call vs two — torch 17.4 vs 19.9 s (33.6 vs 44.6 s in
-#: a run before the bench used the engine's allocator), ONNX Runtime pair 16.3 vs 17.0 s, OpenVINO pair 13.5 vs 13.7 s; the issue's own run (ORT
-#: pair) 2.40x vs 2.25x over 25 full passes for 1 vs 5 rows. On the phantom volume the torch engine does not
-#: care (12 vs 25 rows: 2.93 vs 2.86 s, 1 / 2 / 4 / 25 rows 3.43 / 3.47 / 3.35 / 3.50 s, alternated).
+#: head_calls_synapse_2threads_zen5*.md), one row per call vs two: torch 17.4 vs 19.9 s (33.6 vs 44.6 s
+#: in a run before the bench used the engine's allocator), ONNX Runtime pair 16.3 vs 17.0 s, OpenVINO pair
+#: 13.5 vs 13.7 s; the issue's own run (ORT pair) 2.40x vs 2.25x over 25 full passes for 1 vs 5 rows. On the
+#: phantom volume the torch engine does not care (12 vs 25 rows: 2.93 vs 2.86 s; 1 / 2 / 4 / 25 rows
+#: 3.43 / 3.47 / 3.35 / 3.50 s, alternated).
 CPU_HEAD_VOXELS_PER_CALL = 96 * 96 * 96
 
 
