@@ -32,14 +32,14 @@ def _onednn_conv_flops(x_shape: list[int], w_shape: list[int], *args: object, ou
     return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
 
 
-def takes_onednn(x: Tensor, weight: Tensor, padding_mode: str = "zeros") -> bool:
-    """Whether :func:`conv3d` routes this call to oneDNN (module docstring)."""
+def takes_onednn(x: Tensor, weight: Tensor) -> bool:
+    """Whether :func:`conv3d` routes this call to oneDNN (module docstring; zero padding is all it takes)."""
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
         return False  # traced graphs keep the stock op (ONNX export, inductor)
     return (
         x.dim() == 5 and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
         and type(x.shape[0]) is int and x.shape[0] == 1 and not torch.is_grad_enabled()
-        and padding_mode == "zeros" and any(k > 1 for k in weight.shape[2:])
+        and any(k > 1 for k in weight.shape[2:])
         and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
     )
 
