@@ -77,6 +77,9 @@ def test_supervised_gate_spans_zero_to_one_and_equals_u_at_init() -> None:
 
 def test_supervised_gate_is_monotone_in_the_uncertainty() -> None:
     """w_t ranks tokens exactly as u does, whatever a > 0 and shift the task loss picks."""
+    # seeded: unseeded, 8 of 300 draws gave two distinct u values one float32 w (a tie argsort may order
+    # either way), and the fresh-clone CI of 2026-12-04 drew one of them
+    torch.manual_seed(0)
     gate = SupervisedGate(8)
     with torch.no_grad():
         gate.slope_raw.fill_(-1.3)
